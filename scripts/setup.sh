@@ -22,7 +22,10 @@ done
 # --- kernel headers for BCC ------------------------------------------------
 kver=$(uname -r)
 need_headers=0
-if [ ! -e "/lib/modules/$kver/build/include/linux/kconfig.h" ] && [ ! -e /sys/kernel/kheaders.tar.xz ]; then
+have_headers() {
+  [ -e "/lib/modules/$kver/build/include/linux/kconfig.h" ] || [ -e "/lib/modules/$kver/source/include/linux/kconfig.h" ]
+}
+if ! have_headers && [ ! -e /sys/kernel/kheaders.tar.xz ]; then
   need_headers=1
   if apt-cache policy "linux-headers-$kver" 2>/dev/null | grep -q Candidate: ; then
     missing+=("linux-headers-$kver")
@@ -47,7 +50,7 @@ if [ ${#missing[@]} -gt 0 ]; then
   fi
 fi
 
-if [ "$need_headers" = 1 ] && [ ! -e "/lib/modules/$kver/build/include/linux/kconfig.h" ]; then
+if [ "$need_headers" = 1 ] && ! have_headers; then
   # This kernel has no headers package: point BCC at Debian's generic ones.
   # Never overwrite headers that exist.
   arch_dir=$(ls -d /usr/src/linux-headers-*-amd64 2>/dev/null | sort -V | tail -n 1)

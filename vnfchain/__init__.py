@@ -1,2 +1,15 @@
-"""vnfchain: NFV service chains run inside the Linux kernel at the XDP hook."""
+"""vnfchain: NFV service chains run inside the Linux kernel at the XDP hook.
+
+    import networkx as nx, vnfchain
+    chain = vnfchain.Chain.from_yaml("examples/pvp-forward.yaml")
+    dep = chain.deploy(attach=[("dut-lan", "dut")])
+    dep.stats(); dep.undeploy()
+"""
 __version__ = "0.1.0"
+
+from .chain import AttachPoint, Chain, Deployment  # noqa: E402
+from .errors import (AttachError, CompileError, DeployError, NotDeployedError,  # noqa: E402
+                     SpecError, VerifierError, VnfchainError)
+
+__all__ = ["Chain", "Deployment", "AttachPoint", "VnfchainError", "SpecError", "CompileError",
+           "VerifierError", "DeployError", "AttachError", "NotDeployedError", "__version__"]

@@ -1,0 +1,108 @@
+/* vc_chain.h - what every chain program shares: the packet metadata that the
+ * entry program fills once and later functions read, and the verdict helpers.
+ * Included by the rendered prelude after the VC_* constants are defined. */
+#ifndef VC_CHAIN_H
+#define VC_CHAIN_H
+
+#include <uapi/linux/bpf.h>
+#include <uapi/linux/if_ether.h>
+#include <uapi/linux/ip.h>
+#include <uapi/linux/ipv6.h>
+#include <uapi/linux/udp.h>
+#include "vc_hdr.h"
+
+#ifndef AF_INET
+#define AF_INET 2
+#endif
+#ifndef AF_INET6
+#define AF_INET6 10
+#endif
+
+/* parsed once per packet by the entry program; addresses and ports in network order */
+struct vc_meta {
+	__u32 saddr[4];     /* IPv4 in saddr[0] */
+	__u32 daddr[4];
+	__u32 flow_hash;    /* of the 5-tuple, for load spreading */
+	__u32 ifindex;      /* ingress interface */
+	__u32 redirect_rc;  /* what bpf_redirect*() returned, for VC_REDIRECT */
+	__u16 l3_off;       /* network header offset from data (0: not IP) */
+	__u16 l4_off;       /* transport header offset (0: none, or a later fragment) */
+	__u16 eth_proto;    /* host order, after up to two VLAN tags */
+	__u16 sport;        /* tcp/udp source port; icmp echo identifier */
+	__u16 dport;        /* tcp/udp destination port */
+	__u8  ip_version;   /* 4, 6, or 0 when not IP */
+	__u8  ip_proto;
+	__u8  tcp_flags;
+	__u8  icmp_type;
+	__u8  icmp_code;
+	__u8  reason;       /* drop reason of a VC_DROP verdict */
+};
+
+/* one row of per-function counters; see vnfchain/chain/verdicts.py */
+struct vc_row {
+	__u64 c[VC_NCOUNTERS];
+};
+
+#define VC_LABEL(id) (VC_LABEL_BASE + (id))
+
+/* pinned under the chain's directory, shared by every program of the chain */
+#define VC_MAP(type, key, value, name, size) \
+	BPF_TABLE_PINNED(type, key, value, name, size, VC_PIN_DIR "/" #name)
+
+static __always_inline int vc_drop(struct vc_meta *meta, __u8 reason)
+{
+	meta->reason = reason;
+	return VC_DROP;
+}
+
+/* rc is what bpf_redirect()/bpf_redirect_map() returned */
+static __always_inline int vc_redirect(struct vc_meta *meta, long rc)
+{
+	if (rc != XDP_REDIRECT)
+		return vc_drop(meta, VC_REASON_REDIRECT_FAILED);
+	meta->redirect_rc = rc;
+	return VC_REDIRECT;
+}
+
+/* a verdict that ends the chain here */
+static __always_inline int vc_is_final(int verdict)
+{
+	return verdict > VC_CONTINUE && verdict < VC_LABEL_BASE;
+}
+
+static __always_inline int vc_final_action(int verdict, struct vc_meta *meta)
+{
+	switch (verdict) {
+	case VC_DROP:
+		return XDP_DROP;
+	case VC_PASS:
+		return XDP_PASS;
+	case VC_TX:
+		return XDP_TX;
+	case VC_REDIRECT:
+		return meta->redirect_rc;
+	}
+	return XDP_ABORTED;
+}
+
+/* headers start within the first VC_MAX_OFF bytes; the bound lets the verifier
+ * accept a packet pointer plus a variable offset */
+#define VC_MAX_OFF 4096
+
+/* pointer to len bytes at off, or NULL if the packet is shorter */
+static __always_inline void *vc_at(struct xdp_md *ctx, __u32 off, __u32 len)
+{
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	void *p;
+
+	if (off > VC_MAX_OFF)
+		return 0;
+	p = data + off;
+
+	if (p + len > data_end)
+		return 0;
+	return p;
+}
+
+#endif

@@ -1,0 +1,40 @@
+/* vc_stats.h - per-function per-CPU counters: a struct vc_row per function in
+ * the chain's `stats` map (looked up by vc_row_get() in the rendered prelude:
+ * BCC rewrites map calls only in the main file, never in headers). */
+#ifndef VC_STATS_H
+#define VC_STATS_H
+
+static __always_inline void vc_count_rx(struct vc_row *row, struct xdp_md *ctx)
+{
+	if (!row)
+		return;
+	row->c[VC_CTR_RX_PACKETS]++;
+	row->c[VC_CTR_RX_BYTES] += ctx->data_end - ctx->data;
+}
+
+static __always_inline void vc_count(struct vc_row *row, __u32 ctr)
+{
+	if (row && ctr < VC_NCOUNTERS)
+		row->c[ctr]++;
+}
+
+static __always_inline void vc_count_verdict(struct vc_row *row, int verdict, struct vc_meta *meta)
+{
+	if (verdict == VC_CONTINUE)
+		vc_count(row, VC_CTR_CONTINUE);
+	else if (verdict >= VC_LABEL_BASE)
+		vc_count(row, VC_CTR_BRANCH);
+	else
+		vc_count(row, VC_CTR_DROP + (verdict - VC_DROP));
+	if (verdict == VC_DROP)
+		vc_count(row, VC_CTR_REASON_BASE + meta->reason);
+}
+
+/* a tail call returns only when its slot is empty: count it, end in on_miss */
+static __always_inline int vc_tail_call_missed(struct vc_row *row)
+{
+	vc_count(row, VC_CTR_TAIL_CALL_MISS);
+	return VC_ON_MISS;
+}
+
+#endif

@@ -1,0 +1,145 @@
+"""The few BPF syscalls vnfchain makes itself, through libbpf (ctypes).
+
+BCC compiles and loads; everything that must work without BCC in a later
+process (pins, reading counters, program ids) goes through here.
+"""
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import errno
+import os
+from functools import lru_cache
+
+from .errors import EnvironmentError_
+
+_INFO_LEN = 256  # bigger than struct bpf_{prog,map}_info; the kernel accepts zeroed tails
+
+
+@lru_cache(maxsize=1)
+def lib() -> ctypes.CDLL:
+    name = ctypes.util.find_library("bpf") or "libbpf.so.1"
+    try:
+        handle = ctypes.CDLL(name, use_errno=True)
+    except OSError:
+        raise EnvironmentError_("libbpf is not installed; run `apt-get install libbpf1` "
+                                "(scripts/setup.sh does)") from None
+    handle.bpf_obj_get.argtypes = [ctypes.c_char_p]
+    handle.bpf_obj_pin.argtypes = [ctypes.c_int, ctypes.c_char_p]
+    for fn in ("bpf_map_lookup_elem", "bpf_map_get_next_key"):
+        getattr(handle, fn).argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p]
+    handle.bpf_map_update_elem.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p,
+                                           ctypes.c_uint64]
+    handle.bpf_obj_get_info_by_fd.argtypes = [ctypes.c_int, ctypes.c_void_p,
+                                              ctypes.POINTER(ctypes.c_uint32)]
+    return handle
+
+
+def _check(rc: int, what: str) -> int:
+    if rc < 0:
+        err = -rc if rc < -1 else ctypes.get_errno()
+        raise OSError(err, f"{what}: {os.strerror(err)}")
+    return rc
+
+
+def obj_get(path: str) -> int:
+    """An fd for a pinned program or map (the caller closes it)."""
+    return _check(lib().bpf_obj_get(str(path).encode()), f"open pin {path}")
+
+
+def obj_pin(fd: int, path: str) -> None:
+    _check(lib().bpf_obj_pin(fd, str(path).encode()), f"pin {path}")
+
+
+def possible_cpus() -> int:
+    return _check(lib().libbpf_num_possible_cpus(), "count possible CPUs")
+
+
+def _info(fd: int) -> bytes:
+    buf = ctypes.create_string_buffer(_INFO_LEN)
+    size = ctypes.c_uint32(_INFO_LEN)
+    _check(lib().bpf_obj_get_info_by_fd(fd, buf, ctypes.byref(size)), "read object info")
+    return buf.raw
+
+
+def prog_id(fd: int) -> int:
+    """struct bpf_prog_info: __u32 type; __u32 id; ..."""
+    return int.from_bytes(_info(fd)[4:8], "little")
+
+
+def map_info(fd: int) -> dict[str, int]:
+    """struct bpf_map_info: type, id, key_size, value_size, max_entries, map_flags."""
+    raw = _info(fd)
+    fields = ("type", "id", "key_size", "value_size", "max_entries", "map_flags")
+    return {f: int.from_bytes(raw[4 * i:4 * i + 4], "little") for i, f in enumerate(fields)}
+
+
+class PinnedMap:
+    """A pinned map opened by path, read as raw bytes."""
+
+    def __init__(self, path: str):
+        self.path = path
+        self.fd = obj_get(path)
+        info = map_info(self.fd)
+        self.key_size, self.value_size = info["key_size"], info["value_size"]
+        self.max_entries, self.type = info["max_entries"], info["type"]
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    @property
+    def percpu(self) -> bool:
+        # BPF_MAP_TYPE_PERCPU_HASH 5, PERCPU_ARRAY 6, LRU_PERCPU_HASH 10
+        return self.type in (5, 6, 10)
+
+    def _value_buffer(self):
+        if self.percpu:
+            stride = (self.value_size + 7) // 8 * 8
+            return ctypes.create_string_buffer(stride * possible_cpus()), stride
+        return ctypes.create_string_buffer(self.value_size), self.value_size
+
+    def lookup(self, key: bytes) -> list[bytes] | None:
+        """The value, one entry per possible CPU for per-CPU maps."""
+        kbuf = ctypes.create_string_buffer(key, self.key_size)
+        vbuf, stride = self._value_buffer()
+        rc = lib().bpf_map_lookup_elem(self.fd, kbuf, vbuf)
+        if rc < 0:
+            err = -rc if rc < -1 else ctypes.get_errno()
+            if err == errno.ENOENT:
+                return None
+            _check(rc, f"read {self.path}")
+        raw = vbuf.raw
+        return [raw[i:i + self.value_size] for i in range(0, len(raw), stride)]
+
+    def update(self, key: bytes, value: bytes) -> None:
+        kbuf = ctypes.create_string_buffer(key, self.key_size)
+        vbuf = ctypes.create_string_buffer(value, len(value))
+        _check(lib().bpf_map_update_elem(self.fd, kbuf, vbuf, 0), f"update {self.path}")
+
+    def keys(self):
+        prev = None
+        nxt = ctypes.create_string_buffer(self.key_size)
+        while True:
+            pbuf = None if prev is None else ctypes.create_string_buffer(prev, self.key_size)
+            if lib().bpf_map_get_next_key(self.fd, pbuf, nxt) < 0:
+                return
+            prev = nxt.raw
+            yield prev
+
+    def sum_u64(self, key: bytes) -> list[int]:
+        """A value made of u64 fields, summed over CPUs."""
+        values = self.lookup(key) or []
+        n = self.value_size // 8
+        totals = [0] * n
+        for cpu_value in values:
+            for i in range(n):
+                totals[i] += int.from_bytes(cpu_value[8 * i:8 * i + 8], "little")
+        return totals

@@ -1,0 +1,91 @@
+"""Compile: C units become loaded XDP programs, through BCC.
+
+The compiler's and the verifier's own lines are captured (BCC prints them on
+file descriptor 2) and handed back inside CompileError / VerifierError.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import tempfile
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..errors import CompileError, EnvironmentError_, VerifierError
+from .render import Unit, lib_dir
+
+CFLAGS = ["-Wno-unused-label", "-Wno-unused-function", "-Wno-macro-redefined"]
+
+
+def bcc():
+    try:
+        import bcc as module
+    except ImportError:
+        raise EnvironmentError_(
+            "BCC is not importable; install Debian's python3-bpfcc and use a venv made with "
+            "`/usr/bin/python3 -m venv --system-site-packages` (scripts/setup.sh does both)") from None
+    if not hasattr(module, "BPF"):
+        raise EnvironmentError_(f"the 'bcc' module at {module.__file__} is the unrelated PyPI "
+                                f"package; `pip uninstall bcc` and use Debian's python3-bpfcc")
+    return module
+
+
+@contextlib.contextmanager
+def _captured_stderr():
+    """Collect what C code (clang, libbpf, BCC) writes to fd 2."""
+    with tempfile.TemporaryFile(mode="w+b") as sink:
+        saved = os.dup(2)
+        os.dup2(sink.fileno(), 2)
+        out: list[str] = []
+        try:
+            yield out
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            sink.seek(0)
+            out.append(sink.read().decode(errors="replace"))
+
+
+@dataclass
+class LoadedUnit:
+    unit: Unit
+    bpf: Any                                 # bcc.BPF
+    programs: dict[str, Any] = field(default_factory=dict)   # C function -> bcc Function
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self.bpf.cleanup()
+
+
+def compile_unit(unit: Unit, *, label: str) -> LoadedUnit:
+    """Compile ``unit`` and load its programs. ``label`` names it in errors."""
+    BPF = bcc().BPF
+    with _captured_stderr() as err:
+        try:
+            bpf = BPF(text=unit.source, cflags=[f"-I{lib_dir()}"] + CFLAGS)
+        except Exception:
+            bpf = None
+    if bpf is None:
+        raise CompileError(f"{label} does not compile; the compiler said:",
+                           function=label, detail=_diagnostics(err[0], unit.name))
+    loaded = LoadedUnit(unit, bpf)
+    for cname, _ in unit.programs:
+        with _captured_stderr() as err:
+            try:
+                loaded.programs[cname] = bpf.load_func(cname, BPF.XDP)
+                failure = None
+            except Exception as exc:
+                failure = str(exc)
+        if failure is not None:
+            loaded.close()
+            raise VerifierError(f"the kernel verifier rejected {label} ({failure}); "
+                                f"its log follows", function=label, detail=err[0].strip())
+    return loaded
+
+
+def _diagnostics(text: str, unit_name: str) -> str:
+    """clang's errors, with the virtual file name replaced by the unit's."""
+    text = re.sub(r"/virtual/main\.c", unit_name, text)
+    keep = [ln for ln in text.splitlines() if ln.strip() and "warning:" not in ln]
+    return "\n".join(keep) or text

@@ -1,0 +1,88 @@
+"""The contract of a function type.
+
+A function type is one module in ``vnfchain/functions/`` defining a subclass of
+``FunctionType`` plus one template ``templates/bpf/<type>.bpf.c.j2``. The class
+declares:
+
+- ``Params``: a pydantic model of its YAML parameters (each field's description is
+  the one-line help shown by ``vnfchain functions TYPE``);
+- ``maps(params)``: the BPF maps its template declares (pinned, sized from config);
+- ``labels(params)``: the branch labels its body can return;
+- ``template_vars(params, ctx)``: constants for its template;
+- ``populate(tables, params, ctx)``: how config becomes map contents;
+- ``reasons``: its drop reasons (counted per function);
+- ``read_counters(maps, params)``: its own counters for ``vnfchain stats``.
+
+The template renders a C body ``static __always_inline int {{p}}_body(struct
+xdp_md *ctx, struct vc_meta *meta)`` returning a verdict (VC_CONTINUE, VC_DROP,
+VC_PASS, VC_TX, VC_REDIRECT via ``vc_redirect``) or ``VC_LABEL(id)``; every
+top-level name it declares starts with ``{{p}}_`` so that several instances fit
+in one fused program. Maps are declared with ``VC_MAP(type, key, value, name,
+size)``, which pins them under the chain's directory.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from pydantic import BaseModel, ConfigDict
+
+
+class Params(BaseModel):
+    """Base of every function type's parameters: strict keys, frozen."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+@dataclass(frozen=True)
+class MapSpec:
+    """A map a function template declares, as seen from Python."""
+
+    name: str            # short name; the C name and pin are ``<function>_<name>``
+    kind: str            # BPF map type as BCC spells it: "hash", "array", "percpu_array", "lpm_trie"
+    max_entries: int
+    help: str = ""
+
+
+@dataclass
+class RenderContext:
+    """What a function type may know about the chain while rendering/populating."""
+
+    chain: str
+    function: str
+    prefix: str                       # C identifier prefix of this instance
+    label_ids: dict[str, int] = field(default_factory=dict)
+    netns: str | None = None          # netns of the chain's first attach point
+    resolve_ifindex: Any = None       # callable(ifname) -> int, available at deploy time
+
+
+class FunctionType:
+    name: ClassVar[str]
+    summary: ClassVar[str]
+    Params: ClassVar[type[Params]] = Params
+    reasons: ClassVar[tuple[str, ...]] = ()
+    counters: ClassVar[tuple[str, ...]] = ()
+
+    @property
+    def template(self) -> str:
+        return f"{self.name}.bpf.c.j2"
+
+    def maps(self, params) -> list[MapSpec]:
+        return []
+
+    def labels(self, params) -> set[str]:
+        return set()
+
+    def template_vars(self, params, ctx: RenderContext) -> dict:
+        return {}
+
+    def check(self, params, ctx: RenderContext) -> list[str]:
+        """Problems only visible at deploy time (e.g. a missing interface)."""
+        return []
+
+    def populate(self, tables, params, ctx: RenderContext) -> None:
+        """Write the config into maps; ``tables[name]`` is a BCC table."""
+
+    def read_counters(self, maps, params) -> dict[str, int]:
+        """Own counters for ``stats``; ``maps.sum_percpu(name, key)`` etc."""
+        return {}

@@ -1,0 +1,58 @@
+"""classify: steers packets to a branch by IP protocol and destination port.
+
+A rule ``{proto: tcp, dport: 80, label: web}`` sends matching packets to the
+successor named by ``next: {web: ...}``; packets no rule matches continue to the
+default successor. A rule without ``dport`` matches every port of its protocol;
+a rule with a port wins over one without.
+"""
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, field_validator
+
+from .base import FunctionType, MapSpec, Params
+
+PROTOS = {"icmp": 1, "tcp": 6, "udp": 17, "icmpv6": 58}
+
+
+class ClassifyRule(Params):
+    proto: Literal["tcp", "udp", "icmp", "icmpv6"] = Field(description="IP protocol")
+    dport: int | None = Field(None, ge=1, le=65535, description="destination port (tcp/udp only)")
+    label: str = Field(pattern=r"^[a-z][a-z0-9_]{0,23}$", description="branch label to emit")
+
+    @field_validator("dport")
+    @classmethod
+    def _port_needs_l4(cls, v, info):
+        if v is not None and info.data.get("proto") in ("icmp", "icmpv6"):
+            raise ValueError("dport applies to tcp and udp only; remove it from icmp rules")
+        return v
+
+
+class ClassifyParams(Params):
+    rules: list[ClassifyRule] = Field(
+        min_length=1, max_length=1024,
+        description="list of {proto, dport?, label}; first exact match wins")
+
+
+class Classify(FunctionType):
+    name = "classify"
+    summary = "branch by IP protocol and destination port (labels go to next: {label: fn})"
+    Params = ClassifyParams
+
+    def maps(self, params):
+        return [MapSpec("rules", "hash", max(len(params.rules), 1),
+                        "(protocol, destination port) -> label id")]
+
+    def labels(self, params):
+        return {r.label for r in params.rules}
+
+    def populate(self, tables, params, ctx):
+        table = tables["rules"]
+        for rule in reversed(params.rules):  # first rule wins on duplicates
+            key = table.Key(proto=PROTOS[rule.proto], dport=_be16(rule.dport or 0))
+            table[key] = table.Leaf(ctx.label_ids[rule.label])
+
+
+def _be16(port: int) -> int:
+    return ((port & 0xFF) << 8) | (port >> 8)

@@ -1,0 +1,44 @@
+"""forward: sends the packet on with XDP_REDIRECT.
+
+By default the egress interface and next-hop MAC come from the kernel's own
+routing and neighbour tables (``bpf_fib_lookup``), so the DUT forwards like a
+router but without the stack. Packets the FIB cannot finish in XDP (no
+neighbour entry yet, TTL running out, MTU, local destination) are passed to the
+stack, which resolves or answers them. With ``interface`` every packet leaves by
+that interface unchanged (a wire).
+"""
+from __future__ import annotations
+
+from pydantic import Field
+
+from ..errors import DeployError
+from .base import FunctionType, MapSpec, Params
+
+
+class ForwardParams(Params):
+    interface: str | None = Field(
+        None, min_length=1, max_length=15,
+        description="send every packet out of this interface (in the chain's netns) "
+                    "unchanged, instead of a FIB lookup")
+
+
+class Forward(FunctionType):
+    name = "forward"
+    summary = "XDP_REDIRECT via the kernel FIB (bpf_fib_lookup), or out of a named interface"
+    Params = ForwardParams
+    reasons = ("no_route",)
+
+    def maps(self, params):
+        return [MapSpec("egress", "array", 1, "egress ifindex; 0 means look up the FIB")]
+
+    def populate(self, tables, params, ctx):
+        if params.interface is None:
+            return
+        ifindex = ctx.resolve_ifindex(params.interface)
+        if not ifindex:
+            where = f"network namespace '{ctx.netns}'" if ctx.netns else "the root network namespace"
+            raise DeployError(
+                f"function '{ctx.function}': interface '{params.interface}' does not exist in {where}; "
+                f"create it or fix 'interface:'")
+        table = tables["egress"]
+        table[table.Key(0)] = table.Leaf(ifindex)
