@@ -32,7 +32,7 @@ def route(netns: str | None):
     if not netns_exists(netns):
         raise AttachError(f"network namespace '{netns}' does not exist; create it "
                           f"(`ip netns add {netns}` or `vnfchain testbed up`) or fix 'netns:'")
-    handle = NetNS(netns) if netns else IPRoute()
+    handle = NetNS(netns, flags=0) if netns else IPRoute()  # flags=0: never create it
     try:
         yield handle
     finally:

@@ -10,7 +10,7 @@ from ..errors import SpecError
 from .deploy import Deployment, deploy, undeploy
 from .model import AttachPoint, ChainSpec, FunctionSpec, dict_from_graph, spec_from_dict, \
     spec_to_dict, spec_to_graph
-from .render import Unit, render
+from .render import Unit
 
 
 class Chain:
@@ -57,6 +57,7 @@ class Chain:
 
     def render(self, mode: str | None = None, pin_dir: str | None = None) -> list[Unit]:
         from .deploy import pin_root
+        from .render import render
         return render(self.spec, pin_dir or str(pin_root() / self.name), mode)
 
     def with_mode(self, mode: str) -> "Chain":

@@ -1,4 +1,297 @@
-"""Chain commands: functions, validate, render, deploy, ls, status, stats, undeploy."""
+"""Chain commands: functions, validate, render, graph, deploy, ls, status, stats, undeploy."""
 from __future__ import annotations
 
-from . import cli  # noqa: F401
+import json
+import shutil
+import subprocess
+import sys
+import time
+import typing
+from pathlib import Path
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from . import cli
+from .. import functions
+from ..chain import Chain, Deployment
+from ..chain import render as render_mod
+from ..chain.model import MAX_TAIL_CALLS
+from ..errors import SpecError, VnfchainError
+
+out = Console(highlight=False)
+err = Console(stderr=True, highlight=False)
+
+
+def _load(path: str, mode: str | None = None) -> Chain:
+    chain = Chain.from_yaml(path)
+    return chain.with_mode(mode) if mode else chain
+
+
+# -- functions ------------------------------------------------------------------------
+
+@cli.command("functions")
+@click.argument("type_name", metavar="[TYPE]", required=False)
+def functions_cmd(type_name):
+    """List the built-in function types, or one type's parameters."""
+    if type_name is None:
+        table = Table("type", "what it does", box=None)
+        for name, ftype in sorted(functions.REGISTRY.items()):
+            table.add_row(name, ftype.summary)
+        out.print(table)
+        return
+    ftype = functions.get(type_name)
+    if ftype is None:
+        raise SpecError(f"unknown function type '{type_name}'; known types: "
+                        f"{', '.join(sorted(functions.REGISTRY))}")
+    out.print(f"[bold]{ftype.name}[/bold]: {ftype.summary}")
+    doc = (sys.modules[type(ftype).__module__].__doc__ or "").strip()
+    if "\n" in doc:  # the module docstring, less its first line, is the long help
+        out.print(doc.split("\n", 1)[1].strip())
+    table = Table("parameter", "type", "default", "meaning", box=None)
+    for row in _param_rows(ftype.Params):
+        table.add_row(*row)
+    out.print(table)
+    out.print("every function also takes [bold]next[/bold]: a function name, or {label: function, default: function}")
+    if ftype.reasons:
+        out.print(f"drop reasons: {', '.join(ftype.reasons)}")
+
+
+def _param_rows(model, prefix=""):
+    for name, field in model.model_fields.items():
+        default = "required" if field.is_required() else repr(field.default)
+        ann = field.annotation
+        nested = _nested_model(ann)
+        type_text = _type_text(ann)
+        yield (prefix + name, type_text, default, field.description or "")
+        if nested is not None:
+            yield from _param_rows(nested, prefix=f"{prefix}{name}[].")
+
+
+def _nested_model(ann):
+    from pydantic import BaseModel
+    for arg in typing.get_args(ann) or (ann,):
+        if isinstance(arg, type) and issubclass(arg, BaseModel):
+            return arg
+    return None
+
+
+def _type_text(ann) -> str:
+    text = str(ann).replace("typing.", "").replace("<class '", "").replace("'>", "")
+    return text.rsplit(".", 1)[-1] if "Literal" not in text and "[" not in text else \
+        text.replace("vnfchain.functions.", "")
+
+
+# -- validate / render / graph --------------------------------------------------------
+
+@cli.command()
+@click.argument("chain_file", type=click.Path(dir_okay=False))
+def validate(chain_file):
+    """Check a chain definition (schema and graph); needs no root."""
+    chain = Chain.from_yaml(chain_file)
+    spec = chain.spec
+    import networkx as nx
+    longest = len(nx.dag_longest_path(chain.graph))
+    out.print(f"ok: chain [bold]{spec.name}[/bold]: {len(spec.functions)} function(s), entry "
+              f"'{spec.entry}', longest path {longest} function(s) "
+              f"({'fused' if spec.mode == 'fused' else f'{longest} of {MAX_TAIL_CALLS} tail calls'})")
+
+
+@cli.command()
+@click.argument("chain_file", type=click.Path(dir_okay=False))
+@click.option("-o", "--output", type=click.Path(file_okay=False), help="Write the C files (and lib/) here.")
+@click.option("--mode", type=click.Choice(["tailcall", "fused"]), help="Override the chain's mode.")
+def render(chain_file, output, mode):
+    """Show the C that deploy compiles (one unit per chain)."""
+    chain = _load(chain_file, mode)
+    units = chain.render()
+    if output:
+        for path in render_mod.write(units, Path(output)):
+            out.print(str(path))
+        return
+    for unit in units:
+        click.echo(f"/* ===== {unit.name} (include dir: {render_mod.lib_dir()}) ===== */")
+        click.echo(unit.source)
+
+
+@cli.command()
+@click.argument("chain_file", type=click.Path(dir_okay=False))
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False),
+              help="Picture to write: .png, .svg, or .dot for the Graphviz source.")
+def graph(chain_file, output):
+    """Draw the chain as a picture (Graphviz)."""
+    chain = _load(chain_file)
+    dot = _dot(chain)
+    fmt = Path(output).suffix.lstrip(".") or "png"
+    if fmt == "dot":
+        Path(output).write_text(dot)
+    else:
+        if not shutil.which("dot"):
+            raise VnfchainError("Graphviz is not installed; `apt-get install graphviz`, or write "
+                                "the .dot source with -o chain.dot")
+        subprocess.run(["dot", f"-T{fmt}", "-o", output], input=dot.encode(), check=True)
+    out.print(f"wrote {output}")
+
+
+def _dot(chain: Chain) -> str:
+    g = chain.graph
+    lines = [f'digraph "{chain.name}" {{', "  rankdir=LR; node [shape=box, style=rounded];",
+             '  "(in)" [shape=plaintext];', f'  "(in)" -> "{chain.spec.entry}";']
+    for node, attrs in g.nodes(data=True):
+        lines.append(f'  "{node}" [label="{node}\\n({attrs["type"]})"];')
+    for u, v, attrs in g.edges(data=True):
+        label = attrs.get("branch")
+        label = ",".join(x or "default" for x in label) if isinstance(label, list) else label
+        lines.append(f'  "{u}" -> "{v}"' + (f' [label="{label}"]' if label else "") + ";")
+    lines.append("}")
+    return "\n".join(lines) + "\n"
+
+
+# -- deploy and the running chains ----------------------------------------------------
+
+@cli.command(epilog="""\b
+Examples:
+  vnfchain deploy examples/pvp-forward.yaml
+  vnfchain deploy chain.yaml --attach dut-lan@dut --attach dut-wan@dut --mode fused
+
+\b
+The chain keeps running after this command exits (programs and maps are pinned
+under /sys/fs/bpf/vnfchain/NAME); `vnfchain undeploy NAME` removes it.""")
+@click.argument("chain_file", type=click.Path(dir_okay=False))
+@click.option("--attach", "attach", multiple=True, metavar="IF[@NETNS]",
+              help="Attach here instead of the chain's attach: list (repeatable).")
+@click.option("--mode", type=click.Choice(["tailcall", "fused"]), help="Override the chain's mode.")
+def deploy(chain_file, attach, mode):
+    """Compile, load, pin and attach a chain; it runs on after the command exits."""
+    chain = _load(chain_file, mode)
+    started = time.monotonic()
+    with err.status("deploying") as status:
+        dep = chain.deploy(attach=list(attach) if attach else None,
+                           progress=lambda msg: status.update(msg))
+    where = ", ".join(f"{a['interface']}@{a['netns'] or 'root'} ({a['mode']})"
+                      for a in dep.record["attachments"]) or "nothing (not attached)"
+    out.print(f"deployed chain [bold]{dep.name}[/bold] ({dep.record['mode']}, "
+              f"{len(dep.record['functions'])} functions) on {where} in "
+              f"{time.monotonic() - started:.1f} s")
+
+
+@cli.command("ls")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def ls_cmd(as_json):
+    """List the deployed chains."""
+    deps = Deployment.all()
+    if as_json:
+        click.echo(json.dumps([_summary(d) for d in deps], indent=2))
+        return
+    if not deps:
+        out.print("no chains deployed")
+        return
+    table = Table("chain", "mode", "functions", "attached to", "health", box=None)
+    for d in deps:
+        s = _summary(d)
+        table.add_row(s["name"], s["mode"], " -> ".join(s["functions"]),
+                      ", ".join(s["attached"]) or "-", "ok" if not s["problems"] else "; ".join(s["problems"]))
+    out.print(table)
+
+
+def _summary(d: Deployment) -> dict:
+    return {"name": d.name, "mode": d.record["mode"], "state": d.record["state"],
+            "functions": [f["name"] for f in d.record["functions"]],
+            "attached": [f"{a['interface']}@{a['netns'] or 'root'}" for a in d.record["attachments"]],
+            "problems": d.health()}
+
+
+@cli.command()
+@click.argument("name")
+def status(name):
+    """Show one deployed chain: functions, slots, program ids, attachments, health."""
+    d = Deployment.get(name)
+    r = d.record
+    out.print(f"chain [bold]{d.name}[/bold]: {r['state']}, mode {r['mode']}, pins {r['pin_dir']}")
+    out.print(f"entry program id {r['entry_prog_id']}")
+    table = Table("slot", "function", "type", "program id", "next", box=None)
+    spec = d.spec
+    for f in r["functions"]:
+        nxt = spec.function(f["name"]).next
+        table.add_row(str(f["slot"]), f["name"], f["type"], str(f.get("prog_id", "fused")),
+                      ", ".join(f"{label}->{t}" for label, t in nxt) or f"exit: {spec.exit}")
+    out.print(table)
+    for a in r["attachments"]:
+        out.print(f"attached: {a['interface']}@{a['netns'] or 'root'} ifindex {a['ifindex']} ({a['mode']})")
+    problems = d.health()
+    out.print("health: ok" if not problems else "health: " + "; ".join(problems))
+
+
+@cli.command()
+@click.argument("name")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.option("--watch", is_flag=True, help="Refresh every second, with packet rates.")
+@click.option("--all-counters", is_flag=True, help="Show counters that are zero too.")
+def stats(name, as_json, watch, all_counters):
+    """Per-function counters: packets, verdicts, drop reasons, tail-call misses."""
+    d = Deployment.get(name)
+    if as_json:
+        click.echo(json.dumps(d.stats(), indent=2))
+        return
+    if not watch:
+        out.print(_stats_table(d.name, d.stats(), None, all_counters))
+        return
+    from rich.live import Live
+    previous, then = d.stats(), time.monotonic()
+    with Live(_stats_table(d.name, previous, None, all_counters), console=out) as live:
+        try:
+            while True:
+                time.sleep(1)
+                now_stats, now = d.stats(), time.monotonic()
+                rates = {fn: (now_stats[fn]["rx_packets"] - previous[fn]["rx_packets"]) / (now - then)
+                         for fn in now_stats}
+                live.update(_stats_table(d.name, now_stats, rates, all_counters))
+                previous, then = now_stats, now
+        except KeyboardInterrupt:
+            pass
+
+
+_MAIN = ("rx_packets", "rx_bytes", "continue", "branch", "drop", "pass", "tx", "redirect",
+         "tail_call_miss")
+
+
+def _stats_table(name, stats, rates, all_counters) -> Table:
+    table = Table(title=f"chain {name}", box=None)
+    table.add_column("function")
+    shown = [c for c in _MAIN if all_counters or any(s.get(c) for s in stats.values())] or ["rx_packets"]
+    for c in shown:
+        table.add_column(c.replace("_", " "), justify="right")
+    if rates is not None:
+        table.add_column("pps", justify="right")
+    table.add_column("other counters")
+    for fn, s in stats.items():
+        extra = [f"{k}={v}" for k, v in s.items() if k not in _MAIN and (v or all_counters)]
+        row = [fn] + [str(s.get(c, 0)) for c in shown]
+        if rates is not None:
+            row.append(f"{rates.get(fn, 0):.0f}")
+        table.add_row(*row, " ".join(extra))
+    return table
+
+
+@cli.command()
+@click.argument("name", required=False)
+@click.option("--all", "all_", is_flag=True, help="Undeploy every deployed chain.")
+def undeploy(name, all_):
+    """Detach a chain and remove its pins and record (idempotent)."""
+    if not name and not all_:
+        raise click.UsageError("name a chain, or pass --all")
+    names = [d.name for d in Deployment.all()] if all_ else [name]
+    from ..chain.deploy import undeploy as undeploy_chain
+    from ..errors import NotDeployedError
+    for n in names:
+        try:
+            warnings = undeploy_chain(n)
+        except NotDeployedError:
+            out.print(f"chain {n} is not deployed; nothing to do")
+            continue
+        for w in warnings:
+            err.print(f"warning: {w}")
+        out.print(f"undeployed chain [bold]{n}[/bold]")
+    if all_ and not names:
+        out.print("no chains deployed")

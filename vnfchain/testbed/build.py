@@ -116,8 +116,8 @@ class Builder:
             for address in end.addresses:
                 ns.add_address(end.interface, address)
             ns.set_up(end.interface)
-        if link.gro:
-            netlink.set_gro(self.ns(end.host), end.interface, True)
+        netlink.set_offloads(self.ns(end.host), end.interface, gro=link.gro,
+                             tx_checksum=link.tx_checksum)
 
     def _services(self) -> None:
         logs = log_dir(self.record.name)

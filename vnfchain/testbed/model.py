@@ -74,12 +74,16 @@ class End(_Model):
 
 class Link(_Model):
     """A veth pair. ``gro`` turns on GRO on both ends, which gives a veth the NAPI
-    context it needs to accept frames its peer's XDP program redirects or TX's."""
+    context it needs to accept frames its peer's XDP program redirects or TX's.
+    ``tx_checksum`` is veth's checksum "offload", off by default: with it on, the
+    sender leaves TCP/UDP checksums unfilled for hardware that veth does not
+    have, and a frame that an XDP program redirects leaves with a bad checksum."""
 
     a: End
     b: End
     mtu: int | None = Field(None, ge=68, le=65535)  # both ends, unless an end says otherwise
     gro: bool = True
+    tx_checksum: bool = False
 
     def ends(self) -> tuple[End, End]:
         return (self.a, self.b)

@@ -221,9 +221,11 @@ def has_ipv6() -> bool:
     return Path("/proc/sys/net/ipv6").exists()
 
 
-def set_gro(netns: str, ifname: str, on: bool = True) -> None:
-    """``ethtool -K IFNAME gro on|off`` inside ``netns``."""
-    _run_in(netns, ["ethtool", "-K", ifname, "gro", "on" if on else "off"], f"ethtool gro on {ifname}")
+def set_offloads(netns: str, ifname: str, *, gro: bool, tx_checksum: bool) -> None:
+    """``ethtool -K IFNAME gro on|off tx on|off`` inside ``netns``."""
+    onoff = {True: "on", False: "off"}
+    _run_in(netns, ["ethtool", "-K", ifname, "gro", onoff[gro], "tx", onoff[tx_checksum]],
+            f"ethtool -K {ifname}")
 
 
 def socket_in(netns: str, family: int, type_: int, proto: int = 0) -> socket.socket:
