@@ -1,2 +1,2 @@
-"""Shared pytest configuration. Test-bed fixtures live in tests/testbed_fixtures.py."""
-pytest_plugins = ["tests.testbed_fixtures"]
+"""Shared pytest configuration: fixtures live in tests/*_fixtures.py plugins."""
+pytest_plugins = ["tests.testbed_fixtures", "tests.chain_fixtures"]

@@ -28,6 +28,7 @@ def lib() -> ctypes.CDLL:
     handle.bpf_obj_pin.argtypes = [ctypes.c_int, ctypes.c_char_p]
     for fn in ("bpf_map_lookup_elem", "bpf_map_get_next_key"):
         getattr(handle, fn).argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p]
+    handle.bpf_map_delete_elem.argtypes = [ctypes.c_int, ctypes.c_void_p]
     handle.bpf_map_update_elem.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p,
                                            ctypes.c_uint64]
     handle.bpf_obj_get_info_by_fd.argtypes = [ctypes.c_int, ctypes.c_void_p,
@@ -123,6 +124,10 @@ class PinnedMap:
         kbuf = ctypes.create_string_buffer(key, self.key_size)
         vbuf = ctypes.create_string_buffer(value, len(value))
         _check(lib().bpf_map_update_elem(self.fd, kbuf, vbuf, 0), f"update {self.path}")
+
+    def delete(self, key: bytes) -> None:
+        kbuf = ctypes.create_string_buffer(key, self.key_size)
+        _check(lib().bpf_map_delete_elem(self.fd, kbuf), f"delete from {self.path}")
 
     def keys(self):
         prev = None

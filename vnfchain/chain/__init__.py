@@ -7,7 +7,7 @@ import networkx as nx
 
 from .. import yamlio
 from ..errors import SpecError
-from .deploy import Deployment, deploy, undeploy
+from .deploy import Deployment
 from .model import AttachPoint, ChainSpec, FunctionSpec, dict_from_graph, spec_from_dict, \
     spec_to_dict, spec_to_graph
 from .render import Unit
@@ -67,6 +67,7 @@ class Chain:
         """Deploy; ``attach`` is a list of "IF", "IF@NETNS", (IF, NETNS) or AttachPoint."""
         spec = self.spec if mode is None else self.spec.with_changes(mode=mode)
         points = None if attach is None else [_attach_point(a) for a in attach]
+        from .deploy import deploy
         return deploy(spec, attach=points, progress=progress)
 
 
@@ -83,4 +84,4 @@ def _attach_point(value) -> AttachPoint:
         raise SpecError(f"attach point '{value}' is not IF or IF@NETNS with a valid name") from None
 
 
-__all__ = ["Chain", "ChainSpec", "FunctionSpec", "AttachPoint", "Deployment", "deploy", "undeploy"]
+__all__ = ["Chain", "ChainSpec", "FunctionSpec", "AttachPoint", "Deployment"]

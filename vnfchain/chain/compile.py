@@ -63,7 +63,7 @@ def compile_unit(unit: Unit, *, label: str) -> LoadedUnit:
     BPF = bcc().BPF
     with _captured_stderr() as err:
         try:
-            bpf = BPF(text=unit.source, cflags=[f"-I{lib_dir()}"] + CFLAGS)
+            bpf = BPF(text=unit.source.encode(), cflags=[f"-I{lib_dir()}"] + CFLAGS)
         except Exception:
             bpf = None
     if bpf is None:
@@ -73,7 +73,7 @@ def compile_unit(unit: Unit, *, label: str) -> LoadedUnit:
     for cname, _ in unit.programs:
         with _captured_stderr() as err:
             try:
-                loaded.programs[cname] = bpf.load_func(cname, BPF.XDP)
+                loaded.programs[cname] = bpf.load_func(cname.encode(), BPF.XDP)
                 failure = None
             except Exception as exc:
                 failure = str(exc)

@@ -146,7 +146,7 @@ def _load(spec: ChainSpec, pin_dir: Path, record: dict, loaded: list, say: Progr
         ctx = context_for(spec, f, resolve_ifindex=_resolver(spec))
         f.ftype.populate(_FunctionTables(lu.bpf, f.name), f.params, ctx)
     if spec.mode == "tailcall":
-        slots = lu.bpf["vc_progs"]
+        slots = lu.bpf[b"vc_progs"]
         for i, f in enumerate(spec.functions):
             prog = programs[f.name]
             slots[slots.Key(i)] = slots.Leaf(prog.fd)
@@ -171,7 +171,7 @@ class _FunctionTables:
         self._bpf, self._prefix = bpf, prefix
 
     def __getitem__(self, name: str):
-        return self._bpf.get_table(f"{self._prefix}_{name}")
+        return self._bpf.get_table(f"{self._prefix}_{name}".encode())
 
 
 def _attach(fd: int, point: AttachPoint, index: int, xdp_mode: str) -> str:
@@ -302,6 +302,18 @@ class Deployment:
     def entry_fd(self) -> int:
         """An fd of the entry program (the caller closes it)."""
         return bpfsys.obj_get(str(self.pin_dir / "entry"))
+
+    def run(self, packet, *, repeat: int = 1, ingress_ifindex: int | None = None,
+            netns: str | None = None):
+        """Run one frame through the running chain with BPF_PROG_TEST_RUN (it
+        follows the tail calls); returns a testrun.RunResult. The frame is
+        counted like real traffic."""
+        from ..testrun import run_xdp
+        fd = self.entry_fd()
+        try:
+            return run_xdp(fd, packet, repeat=repeat, ingress_ifindex=ingress_ifindex, netns=netns)
+        finally:
+            os.close(fd)
 
     def health(self) -> list[str]:
         """What is wrong with the running chain, if anything."""

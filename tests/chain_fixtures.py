@@ -1,0 +1,61 @@
+"""Chain fixtures (a pytest plugin, loaded from tests/conftest.py).
+
+    def test_x(deployed):
+        dep = deployed(CHAIN_YAML, "fused")     # compiled once per session, never attached
+        result = dep.run(packet)                # BPF_PROG_TEST_RUN through the whole chain
+
+Chains are named ``vct<pid>-<n>`` and undeployed at the end of the session, so
+cleanup touches only this run's pins and records.
+"""
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from vnfchain import Chain
+
+MODES = ("tailcall", "fused")
+
+
+def _need_bpf():
+    if os.geteuid() != 0:
+        pytest.skip("needs root (BPF)")
+    try:
+        import bcc  # noqa: F401
+    except ImportError:
+        pytest.skip("needs BCC (python3-bpfcc)")
+
+
+def chain_name(tag: str) -> str:
+    return f"vct{os.getpid()}-{tag}"[:23]
+
+
+@pytest.fixture(scope="session")
+def deployed():
+    """Factory: ``deployed(yaml_text, mode)`` -> Deployment (not attached), cached."""
+    _need_bpf()
+    cache: dict = {}
+
+    def make(text: str, mode: str = "tailcall", tag: str | None = None):
+        key = (text, mode)
+        if key not in cache:
+            chain = Chain.from_yaml_text(text).with_mode(mode)
+            name = chain_name(tag or f"{len(cache)}{mode[0]}")
+            chain = Chain(chain.spec.with_changes(name=name))
+            cache[key] = chain.deploy(attach=[])
+        return cache[key]
+
+    yield make
+    for dep in cache.values():
+        dep.undeploy()
+
+
+def delta(before: dict, after: dict) -> dict:
+    """Counters that changed between two stats() snapshots: {function: {counter: n}}."""
+    out = {}
+    for fn, counters in after.items():
+        changed = {k: v - before[fn].get(k, 0) for k, v in counters.items() if v != before[fn].get(k, 0)}
+        if changed:
+            out[fn] = changed
+    return out

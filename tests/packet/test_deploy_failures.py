@@ -1,0 +1,94 @@
+"""A failed deploy says why and leaves nothing behind; a running chain is never
+disturbed by someone else's failure."""
+from __future__ import annotations
+
+import pytest
+
+from vnfchain import Chain, CompileError, DeployError, VerifierError
+from vnfchain.chain import deploy as deploy_mod
+from vnfchain.chain.compile import compile_unit
+from vnfchain.chain.render import Unit
+from tests.chain_fixtures import chain_name
+
+pytestmark = pytest.mark.root
+
+
+def leftovers(name):
+    return [p for p in (deploy_mod.pin_root() / name, deploy_mod.record_path(name)) if p.exists()]
+
+
+@pytest.fixture
+def bpf(deployed):  # the session fixture skips without root/BCC
+    return deployed
+
+
+def test_compile_error_shows_the_compilers_lines(bpf):
+    unit = Unit("broken.bpf.c", "int vc_entry(struct xdp_md *ctx) { return nosuch; }\n", (("vc_entry", ""),))
+    with pytest.raises(CompileError) as info:
+        compile_unit(unit, label="function 'x'")
+    assert "function 'x' does not compile" in info.value.message
+    assert "broken.bpf.c:1" in info.value.detail and "nosuch" in info.value.detail
+
+
+def test_verifier_rejection_shows_the_verifiers_lines(bpf):
+    source = ("#include <uapi/linux/bpf.h>\n"
+              "int vc_entry(struct xdp_md *ctx) { return *(char *)(long)ctx->data; }\n")
+    with pytest.raises(VerifierError) as info:
+        compile_unit(Unit("bad.bpf.c", source, (("vc_entry", ""),)), label="function 'y'")
+    assert "verifier rejected function 'y'" in info.value.message
+    assert "invalid access to packet" in info.value.detail
+
+
+def test_missing_interface_fails_before_anything_is_made(bpf):
+    name = chain_name("noif")
+    chain = Chain.from_yaml_text(f"name: {name}\nfunctions:\n  c: {{type: counter}}\n")
+    with pytest.raises(DeployError) as info:
+        chain.deploy(attach=["vctnosuch0"])
+    assert "interface 'vctnosuch0' does not exist" in info.value.message
+    assert leftovers(name) == []
+
+
+def test_failure_half_way_rolls_back(bpf):
+    name = chain_name("half")
+    chain = Chain.from_yaml_text(f"name: {name}\nfunctions:\n  out: {{type: forward, interface: vctnosuch1}}\n")
+    with pytest.raises(DeployError) as info:
+        chain.deploy(attach=[])
+    assert "interface 'vctnosuch1' does not exist" in info.value.message
+    assert leftovers(name) == []
+
+
+def test_compile_failure_rolls_back_and_leaves_running_chain_alone(bpf, monkeypatch):
+    running = bpf("name: x\nfunctions:\n  c: {type: counter}\n", "tailcall")
+    assert running.run(b"\x00" * 14).action == "XDP_PASS"
+
+    name = chain_name("cerr")
+    monkeypatch.setattr(deploy_mod, "render", lambda spec, pin_dir, mode=None: [
+        Unit("chain.bpf.c", "int vc_entry(struct xdp_md *ctx) { return oops; }", (("vc_entry", ""),))])
+    with pytest.raises(CompileError):
+        Chain.from_yaml_text(f"name: {name}\nfunctions:\n  c: {{type: counter}}\n").deploy(attach=[])
+    assert leftovers(name) == []
+    assert running.run(b"\x00" * 14).action == "XDP_PASS"
+    assert running.health() == []
+
+
+def test_deploying_a_running_name_is_refused(bpf):
+    running = bpf("name: x\nfunctions:\n  c: {type: counter}\n", "tailcall")
+    chain = Chain.from_yaml_text(f"name: {running.name}\nfunctions:\n  c: {{type: counter}}\n")
+    with pytest.raises(DeployError) as info:
+        chain.deploy(attach=[])
+    assert "already deployed" in info.value.message
+    assert running.run(b"\x00" * 14).action == "XDP_PASS"
+
+
+def test_undeploy_after_a_crash_half_way(bpf):
+    """A deploy that died after pinning (record says 'deploying') is undone."""
+    name = chain_name("crash")
+    chain = Chain.from_yaml_text(f"name: {name}\nfunctions:\n  c: {{type: counter}}\n")
+    dep = chain.deploy(attach=[])
+    record = dict(dep.record, state="deploying")
+    deploy_mod._write_record(record)
+    assert "deploy did not finish" in " ".join(deploy_mod.Deployment.get(name).health())
+    deploy_mod.undeploy(name)
+    assert leftovers(name) == []
+    with pytest.raises(deploy_mod.NotDeployedError):
+        deploy_mod.undeploy(name)
