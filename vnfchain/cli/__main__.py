@@ -1,0 +1,3 @@
+from vnfchain.cli import main
+
+main()
