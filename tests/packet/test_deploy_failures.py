@@ -85,10 +85,11 @@ def test_undeploy_after_a_crash_half_way(bpf):
     name = chain_name("crash")
     chain = Chain.from_yaml_text(f"name: {name}\nfunctions:\n  c: {{type: counter}}\n")
     dep = chain.deploy(attach=[])
-    record = dict(dep.record, state="deploying")
-    deploy_mod._write_record(record)
-    assert "deploy did not finish" in " ".join(deploy_mod.Deployment.get(name).health())
-    deploy_mod.undeploy(name)
+    try:
+        deploy_mod._write_record(dict(dep.record, state="deploying"))
+        assert "deploy did not finish" in " ".join(deploy_mod.Deployment.get(name).health())
+    finally:
+        deploy_mod.undeploy(name)
     assert leftovers(name) == []
     with pytest.raises(deploy_mod.NotDeployedError):
         deploy_mod.undeploy(name)
