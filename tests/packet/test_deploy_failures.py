@@ -93,3 +93,31 @@ def test_undeploy_after_a_crash_half_way(bpf):
     assert leftovers(name) == []
     with pytest.raises(deploy_mod.NotDeployedError):
         deploy_mod.undeploy(name)
+
+
+TWO = "name: x\nfunctions:\n  a: {type: counter, next: b}\n  b: {type: counter}\n"
+
+
+def _break_b(unit: Unit, bad: str) -> Unit:
+    i = unit.source.index("int b_body")
+    source = unit.source[:i] + unit.source[i:].replace("tally->packets++;", bad, 1)
+    return Unit(unit.name, source, unit.programs)
+
+
+@pytest.mark.parametrize("mode", ["tailcall", "fused"])
+def test_errors_name_the_function_at_fault(bpf, mode, tmp_path):
+    (unit,) = Chain.from_yaml_text(TWO).render(mode=mode, pin_dir=str(deploy_mod.pin_root() / chain_name("blame")))
+    (deploy_mod.pin_root() / chain_name("blame")).mkdir(parents=True, exist_ok=True)
+    try:
+        with pytest.raises(CompileError) as info:
+            compile_unit(_break_b(unit, "tally->packets += no_such_name;"), label="chain 'x'")
+        assert info.value.message.startswith("function 'b' of chain 'x' does not compile")
+        assert "(function b (counter)):" in info.value.detail and "no_such_name" in info.value.detail
+
+        with pytest.raises(VerifierError) as info:
+            compile_unit(_break_b(unit, "tally->packets += *(char *)(long)ctx->data;"), label="chain 'x'")
+        assert "rejected function 'b' of chain 'x'" in info.value.message
+        assert "invalid access to packet" in info.value.detail
+    finally:
+        import shutil
+        shutil.rmtree(deploy_mod.pin_root() / chain_name("blame"), ignore_errors=True)

@@ -59,7 +59,9 @@ class LoadedUnit:
 
 
 def compile_unit(unit: Unit, *, label: str) -> LoadedUnit:
-    """Compile ``unit`` and load its programs. ``label`` names it in errors."""
+    """Compile ``unit`` and load its programs. ``label`` names the chain in errors;
+    the function at fault is named from the section the compiler or verifier blames
+    (render turns each function's section into a #line directive naming it)."""
     BPF = bcc().BPF
     with _captured_stderr() as err:
         try:
@@ -67,10 +69,12 @@ def compile_unit(unit: Unit, *, label: str) -> LoadedUnit:
         except Exception:
             bpf = None
     if bpf is None:
-        raise CompileError(f"{label} does not compile; the compiler said:",
-                           function=label, detail=_diagnostics(err[0], unit.name))
+        detail = _diagnostics(err[0], unit.name)
+        function = _blamed(detail, first=True)
+        raise CompileError(f"{_in(function)}{label} does not compile; the compiler said:",
+                           function=function or "", detail=detail)
     loaded = LoadedUnit(unit, bpf)
-    for cname, _ in unit.programs:
+    for cname, fname in unit.programs:
         with _captured_stderr() as err:
             try:
                 loaded.programs[cname] = bpf.load_func(cname.encode(), BPF.XDP)
@@ -79,9 +83,24 @@ def compile_unit(unit: Unit, *, label: str) -> LoadedUnit:
                 failure = str(exc)
         if failure is not None:
             loaded.close()
-            raise VerifierError(f"the kernel verifier rejected {label} ({failure}); "
-                                f"its log follows", function=label, detail=err[0].strip())
+            log = err[0].strip()
+            function = fname or _blamed(log, first=False)
+            raise VerifierError(f"the kernel verifier rejected {_in(function)}{label} ({failure}); "
+                                f"its log follows", function=function or "", detail=log)
     return loaded
+
+
+def _in(function: str | None) -> str:
+    return f"function '{function}' of " if function else ""
+
+
+def _blamed(text: str, *, first: bool) -> str | None:
+    """The function whose section a diagnostic (the first) or a verifier source
+    note (the last, nearest the failing instruction) points into."""
+    hits = re.findall(r"\(function (\S+) \(\S+\)\)", text)
+    if not hits:
+        return None
+    return hits[0] if first else hits[-1]
 
 
 def _diagnostics(text: str, unit_name: str) -> str:

@@ -5,6 +5,7 @@ renders one unit holding the whole graph. Both wrap the same function bodies.
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -17,6 +18,7 @@ from .model import ChainSpec, FunctionSpec
 from .verdicts import CounterLayout, all_reasons
 
 ENTRY_PROGRAM = "vc_entry"
+UNIT_NAME = "chain.bpf.c"
 XDP_ACTIONS = {"drop": "XDP_DROP", "pass": "XDP_PASS", "tx": "XDP_TX"}
 
 
@@ -69,11 +71,26 @@ def render(spec: ChainSpec, pin_dir: str, mode: str | None = None) -> list[Unit]
     if mode == "fused":
         source = _template("chain/fused.bpf.c.j2").render(
             unit="fused program", bodies=bodies, tailcall=0, **common)
-        return [Unit("chain.bpf.c", source, ((ENTRY_PROGRAM, ""),))]
+        return [Unit(UNIT_NAME, _mark_sections(source), ((ENTRY_PROGRAM, ""),))]
     source = _template("chain/tailcall.bpf.c.j2").render(
         unit="tail-call programs", bodies=bodies, tailcall=1, **common)
     programs = tuple((f"vc_fn_{f.name}", f.name) for f in spec.functions) + ((ENTRY_PROGRAM, ""),)
-    return [Unit("chain.bpf.c", source, programs)]
+    return [Unit(UNIT_NAME, _mark_sections(source), programs)]
+
+
+_SECTION = re.compile(r"^/\* ---- (function \S+ \(\S+\)|entry) ---- \*/$")
+
+
+def _mark_sections(source: str) -> str:
+    """Turn each section comment into a #line directive naming the section, so that
+    clang's errors and the verifier's source notes say which function they are in
+    ("chain.bpf.c (function fw (firewall)):57") with the rendered file's line numbers."""
+    lines = source.splitlines()
+    for i, text in enumerate(lines):
+        m = _SECTION.match(text)
+        if m:
+            lines[i] = f'#line {i + 2} "{UNIT_NAME} ({m.group(1)})"'
+    return "\n".join(lines) + "\n"
 
 
 def _common_vars(spec: ChainSpec, pin_dir: str) -> dict:
