@@ -118,3 +118,43 @@ def test_an_interface_already_taken_is_refused_and_the_owner_named(pvp_bed, runn
     assert not (deploy_mod.pin_root() / other.name).exists()
     assert pvp_bed.ping("client", pvp_bed.addr("server"), count=1).ok  # the running chain is untouched
     assert running.health() == []
+
+
+def _live_yaml(bed, *, rules, extra):
+    rules_yaml = ", ".join(f"{{proto: tcp, dport: {p}, label: web}}" for p in rules)
+    return textwrap.dedent(f"""
+        name: {chain_name('live')}
+        attach:
+          - {{interface: dut-lan, netns: {bed.netns('dut')}}}
+          - {{interface: dut-wan, netns: {bed.netns('dut')}}}
+        functions:
+          ingress: {{type: counter, next: steer}}
+          steer:
+            type: classify
+            rules: [{rules_yaml}]
+            next: {{web: web, default: {'extra' if extra else 'out'}}}
+          web: {{type: counter, next: out}}
+    """) + ("  extra: {type: counter, next: out}\n" if extra else "") + "  out: {type: forward}\n"
+
+
+def test_live_changes_lose_no_packets(pvp_bed):
+    server = pvp_bed.addr("server")
+    steps = [dict(rules=[80], extra=False), dict(rules=[80, 443], extra=False),
+             dict(rules=list(range(1000, 1040)), extra=False), dict(rules=[80], extra=True)]
+    dep = Chain.from_yaml_text(_live_yaml(pvp_bed, **steps[0])).deploy()
+    try:
+        pvp_bed.ping("client", server, count=1)
+        ping = pvp_bed.popen("client", ["ping", "-q", "-i", "0.005", "-c", "1000", "-W", "1", server],
+                             stdout=subprocess.PIPE, text=True)
+        kinds = []
+        for step in steps[1:]:
+            kinds.append(Chain.from_yaml_text(_live_yaml(pvp_bed, **step)).deploy().last_change)
+        assert ping.poll() is None  # the pings spanned every change
+        out, _ = ping.communicate(timeout=30)
+        assert kinds == ["config", "code", "topology"]
+        assert " 0% packet loss" in out, out
+        assert pvp_bed.ping("client", server, count=1).ok
+        assert Deployment.get(dep.name).stats()["extra"]["icmp_packets"] > 0  # the new path is in use
+        assert Deployment.get(dep.name).health() == []
+    finally:
+        dep.undeploy()

@@ -118,14 +118,14 @@ def test_missed_tail_call_is_counted_and_ends_in_on_miss(deployed):
     dep = deployed(LINE, "tailcall")
     packet = Ether(**ETH) / IP(src=CLIENT, dst=SERVER) / UDP(dport=9)
     slot = (1).to_bytes(4, "little")  # "second"
-    with bpfsys.PinnedMap(str(dep.pin_dir / "progs")) as progs:
+    with bpfsys.PinnedMap(str(dep.gen_dir / "progs")) as progs:
         progs.delete(slot)
         try:
             before = dep.stats()
             result = dep.run(packet)
             changed = delta(before, dep.stats())
         finally:
-            prog_fd = bpfsys.obj_get(str(dep.pin_dir / "fn_second"))
+            prog_fd = bpfsys.obj_get(str(dep.gen_dir / "fn_second"))
             progs.update(slot, prog_fd.to_bytes(4, "little"))
             subprocess.run(["true"])  # keep the fd open until the update is done
             import os

@@ -62,22 +62,13 @@ def test_compile_failure_rolls_back_and_leaves_running_chain_alone(bpf, monkeypa
     assert running.run(b"\x00" * 14).action == "XDP_PASS"
 
     name = chain_name("cerr")
-    monkeypatch.setattr(deploy_mod, "render", lambda spec, pin_dir, mode=None: [
+    monkeypatch.setattr(deploy_mod, "render", lambda spec, pin_dir, **kw: [
         Unit("chain.bpf.c", "int vc_entry(struct xdp_md *ctx) { return oops; }", (("vc_entry", ""),))])
     with pytest.raises(CompileError):
         Chain.from_yaml_text(f"name: {name}\nfunctions:\n  c: {{type: counter}}\n").deploy(attach=[])
     assert leftovers(name) == []
     assert running.run(b"\x00" * 14).action == "XDP_PASS"
     assert running.health() == []
-
-
-def test_deploying_a_running_name_is_refused(bpf):
-    running = bpf("name: x\nfunctions:\n  c: {type: counter}\n", "tailcall")
-    chain = Chain.from_yaml_text(f"name: {running.name}\nfunctions:\n  c: {{type: counter}}\n")
-    with pytest.raises(DeployError) as info:
-        chain.deploy(attach=[])
-    assert "already deployed" in info.value.message
-    assert running.run(b"\x00" * 14).action == "XDP_PASS"
 
 
 def test_undeploy_after_a_crash_half_way(bpf):

@@ -58,8 +58,10 @@ class LoadedUnit:
             self.bpf.cleanup()
 
 
-def compile_unit(unit: Unit, *, label: str) -> LoadedUnit:
-    """Compile ``unit`` and load its programs. ``label`` names the chain in errors;
+def compile_unit(unit: Unit, *, label: str, load: list[str] | None = None) -> LoadedUnit:
+    """Compile ``unit`` and load its programs (or only those named in ``load``;
+    its maps are created or opened from their pins either way). ``label`` names
+    the chain in errors;
     the function at fault is named from the section the compiler or verifier blames
     (render turns each function's section into a #line directive naming it)."""
     BPF = bcc().BPF
@@ -75,6 +77,8 @@ def compile_unit(unit: Unit, *, label: str) -> LoadedUnit:
                            function=function or "", detail=detail)
     loaded = LoadedUnit(unit, bpf)
     for cname, fname in unit.programs:
+        if load is not None and cname not in load:
+            continue
         with _captured_stderr() as err:
             try:
                 loaded.programs[cname] = bpf.load_func(cname.encode(), BPF.XDP)

@@ -1,14 +1,26 @@
-"""Load, pin, attach, record — and undo all of it.
+"""Load, pin, attach, record, change live — and undo all of it.
 
 A deployed chain lives in the kernel, not in this process:
 
-    /sys/fs/bpf/vnfchain/<chain>/   entry, fn_<name> (programs), progs, scratch,
-                                    stats (chain maps), <fn>_<map> (function maps)
-    /run/vnfchain/<chain>.json      what deploy made: attachments, pins, spec
+    /sys/fs/bpf/vnfchain/<chain>/g<N>/  entry, fn_<name>, progs, scratch, stats
+    /sys/fs/bpf/vnfchain/<chain>/maps/  <fn>_<map>-<fingerprint> (function state)
+    /run/vnfchain/<chain>.json          what deploy made: attachments, pins, spec
 
 The record is written before anything is made, so ``undeploy`` can finish a
 deploy that crashed half-way. A failed deploy rolls back everything it made and
 touches nothing it did not make.
+
+Deploying a name that is running is a live change, the least disruptive that
+covers the difference (see ``plan_change``):
+
+- ``config``: only map contents differ: maps are updated in place;
+- ``code``: some functions' code differs (tail-call mode): their programs are
+  replaced in their prog-array slots, one atomic update each;
+- ``topology``: anything else: a new generation (prog array, entry) is built
+  beside the running one and swapped in with ``XDP_FLAGS_REPLACE``.
+
+Function maps whose definition did not change are reused in every case, so
+state survives; counters are carried over to a new generation.
 """
 from __future__ import annotations
 
@@ -26,11 +38,10 @@ from pyroute2.netlink.exceptions import NetlinkError
 
 from .. import bpfsys, netlink
 from ..errors import AttachError, DeployError, EnvironmentError_, NotDeployedError, VnfchainError
-from ..functions import RenderContext
 from ..yamlio import Locator
 from .compile import LoadedUnit, compile_unit
 from .model import AttachPoint, ChainSpec, spec_from_dict, spec_to_dict
-from .render import context_for, counter_layout, render
+from .render import ENTRY, PRELUDE, Unit, context_for, counter_layout, generation_dir, render
 
 
 def pin_root() -> Path:
@@ -46,6 +57,10 @@ def record_path(name: str) -> Path:
 
 
 Progress = Callable[[str], None]
+
+
+def _quiet(_msg: str) -> None:
+    pass
 
 
 # -- the record ---------------------------------------------------------------------
@@ -80,48 +95,113 @@ def check_environment() -> None:
 
 def deploy(spec: ChainSpec, *, attach: list[AttachPoint] | None = None,
            progress: Progress | None = None) -> "Deployment":
-    """Load the chain, pin it, attach it; all or nothing."""
+    """Deploy ``spec``, or change the running chain of that name to it."""
     check_environment()
     if attach is not None:
         spec = spec.with_changes(attach=tuple(attach))
-    say = progress or (lambda _msg: None)
-    if _read_record(spec.name) is not None:
-        raise DeployError(f"chain '{spec.name}' is already deployed; `vnfchain undeploy "
-                          f"{spec.name}` first (live update of a running chain is not built yet)")
+    record = _read_record(spec.name)
+    if record is not None:
+        return _change(record, spec, progress or _quiet)
+    return _fresh(spec, progress or _quiet)
+
+
+def _fresh(spec: ChainSpec, say: Progress) -> "Deployment":
     pin_dir = pin_root() / spec.name
     if pin_dir.exists():
         raise DeployError(f"{pin_dir} is left over from an earlier deploy of '{spec.name}' that "
                           f"did not finish; `vnfchain undeploy {spec.name}` removes it")
     targets = _resolve_attach(spec)
-
     record = {
         "name": spec.name, "state": "deploying", "pid": os.getpid(), "created": time.time(),
-        "mode": spec.mode, "pin_dir": str(pin_dir), "spec": spec_to_dict(spec),
-        "counters": list(counter_layout().names),
-        "functions": [{"name": f.name, "type": f.type, "slot": i}
-                      for i, f in enumerate(spec.functions)],
-        "attachments": [], "entry_prog_id": None,
+        "mode": spec.mode, "pin_dir": str(pin_dir), "generation": 1, "changes": 0,
+        "counters": list(counter_layout().names), "attachments": [],
     }
     _write_record(record)
-    loaded: list[LoadedUnit] = []
+    built = None
     try:
-        pin_dir.mkdir(parents=True)
-        entry_fd = _load(spec, pin_dir, record, loaded, say)
+        (pin_dir / "maps").mkdir(parents=True)
+        built = _build(spec, pin_dir, 1, say)
+        _adopt(record, spec, built)
+        _write_record(record)
         for point, index in targets:
             say(f"attaching to {point}")
-            mode = _attach(entry_fd, point, index, spec.xdp_mode)
-            record["attachments"].append({"interface": point.interface, "netns": point.netns,
-                                          "ifindex": index, "mode": mode})
+            mode = _attach(built.entry_fd, point, index, spec.xdp_mode)
+            record["attachments"].append(_attachment(point, index, mode))
             _write_record(record)
         record["state"] = "running"
         _write_record(record)
     except BaseException:
-        _rollback(record)
+        with contextlib.suppress(Exception):
+            _teardown(record)
         raise
     finally:
-        for unit in loaded:
-            unit.close()
-    return Deployment(record)
+        if built:
+            built.close()
+    return Deployment(record, last_change="new")
+
+
+@dataclass
+class _Built:
+    """A compiled and loaded generation, before or after it is swapped in."""
+
+    unit: Unit
+    loaded: LoadedUnit
+    generation: int
+    entry_fd: int
+    prog_ids: dict[str, int]
+
+    def close(self) -> None:
+        self.loaded.close()
+        with contextlib.suppress(OSError):
+            os.close(self.entry_fd)
+
+
+def _build(spec: ChainSpec, pin_dir: Path, generation: int, say: Progress) -> _Built:
+    """Compile a whole generation, fill its maps and slots, pin its programs."""
+    gen_dir = generation_dir(pin_dir, generation)
+    gen_dir.mkdir(parents=True, exist_ok=True)
+    (unit,) = render(spec, str(pin_dir), generation=generation)
+    say(f"compiling chain '{spec.name}' ({len(spec.functions)} functions, {spec.mode})")
+    loaded = compile_unit(unit, label=f"chain '{spec.name}'")
+    try:
+        programs = {fname: loaded.programs[cname] for cname, fname in unit.programs}
+        _populate(spec, loaded)
+        prog_ids = {}
+        if spec.mode == "tailcall":
+            slots = loaded.bpf[b"vc_progs"]
+            for i, f in enumerate(spec.functions):
+                slots[slots.Key(i)] = slots.Leaf(programs[f.name].fd)
+                bpfsys.obj_pin(programs[f.name].fd, str(gen_dir / f"fn_{f.name}"))
+                prog_ids[f.name] = bpfsys.prog_id(programs[f.name].fd)
+        entry = programs[""]
+        bpfsys.obj_pin(entry.fd, str(gen_dir / "entry"))
+        prog_ids[""] = bpfsys.prog_id(entry.fd)
+        return _Built(unit, loaded, generation, os.dup(entry.fd), prog_ids)
+    except BaseException:
+        loaded.close()
+        raise
+
+
+def _populate(spec: ChainSpec, loaded: LoadedUnit) -> None:
+    resolve = _resolver(spec)
+    for f in spec.functions:
+        ctx = context_for(spec, f, resolve_ifindex=resolve)
+        f.ftype.populate(_FunctionTables(loaded.bpf, f.name), f.params, ctx)
+
+
+def _adopt(record: dict, spec: ChainSpec, built: _Built) -> None:
+    """Make the record describe ``built`` as the running generation of ``spec``."""
+    record.update(
+        mode=spec.mode, spec=spec_to_dict(spec), generation=built.generation,
+        gen_dir=str(generation_dir(record["pin_dir"], built.generation)),
+        sections=built.unit.sections, maps=built.unit.map_pins,
+        entry_prog_id=built.prog_ids[""],
+        functions=[{"name": f.name, "type": f.type, "slot": i,
+                    "prog_id": built.prog_ids.get(f.name)} for i, f in enumerate(spec.functions)])
+
+
+def _attachment(point: AttachPoint, index: int, mode: str) -> dict:
+    return {"interface": point.interface, "netns": point.netns, "ifindex": index, "mode": mode}
 
 
 def _resolve_attach(spec: ChainSpec) -> list[tuple[AttachPoint, int]]:
@@ -133,30 +213,6 @@ def _resolve_attach(spec: ChainSpec) -> list[tuple[AttachPoint, int]]:
                               f"{netlink.where(point.netns)}; create it or fix 'attach:'")
         out.append((point, index))
     return out
-
-
-def _load(spec: ChainSpec, pin_dir: Path, record: dict, loaded: list, say: Progress) -> int:
-    """Compile the chain, fill maps and slots, pin programs; returns the entry fd."""
-    (unit,) = render(spec, str(pin_dir))
-    say(f"compiling chain '{spec.name}' ({len(spec.functions)} functions, {spec.mode})")
-    lu = compile_unit(unit, label=f"chain '{spec.name}'")
-    loaded.append(lu)
-    programs = {fname: lu.programs[cname] for cname, fname in unit.programs}
-    for f in spec.functions:
-        ctx = context_for(spec, f, resolve_ifindex=_resolver(spec))
-        f.ftype.populate(_FunctionTables(lu.bpf, f.name), f.params, ctx)
-    if spec.mode == "tailcall":
-        slots = lu.bpf[b"vc_progs"]
-        for i, f in enumerate(spec.functions):
-            prog = programs[f.name]
-            slots[slots.Key(i)] = slots.Leaf(prog.fd)
-            bpfsys.obj_pin(prog.fd, str(pin_dir / f"fn_{f.name}"))
-            record["functions"][i]["prog_id"] = bpfsys.prog_id(prog.fd)
-    entry = programs[""]
-    bpfsys.obj_pin(entry.fd, str(pin_dir / "entry"))
-    record["entry_prog_id"] = bpfsys.prog_id(entry.fd)
-    _write_record(record)
-    return os.dup(entry.fd)
 
 
 def _resolver(spec: ChainSpec):
@@ -202,9 +258,169 @@ def _busy_message(point: AttachPoint, index: int) -> str:
     return f"interface {point} already has an XDP program{prog} attached{fix}"
 
 
-def _rollback(record: dict) -> None:
-    with contextlib.suppress(Exception):
-        _teardown(record)
+# -- live change --------------------------------------------------------------------
+
+def plan_change(record: dict, new: Unit, spec: ChainSpec) -> tuple[str, list[str]]:
+    """("config" | "code" | "topology", functions whose code changed)."""
+    old = record["sections"]
+    same_frame = (record["mode"] == spec.mode
+                  and [f["name"] for f in record["functions"]] == [f.name for f in spec.functions]
+                  and old.get(PRELUDE) == new.sections[PRELUDE]
+                  and old.get(ENTRY) == new.sections[ENTRY])
+    changed = [f.name for f in spec.functions if old.get(f.name) != new.sections.get(f.name)]
+    if same_frame and not changed:
+        return "config", []
+    if same_frame and spec.mode == "tailcall":
+        return "code", changed
+    return "topology", changed
+
+
+def _change(record: dict, spec: ChainSpec, say: Progress) -> "Deployment":
+    if record.get("state") != "running":
+        raise DeployError(f"chain '{spec.name}' did not finish deploying; `vnfchain undeploy "
+                          f"{spec.name}` first")
+    targets = _resolve_attach(spec)
+    pin_dir = Path(record["pin_dir"])
+    (unit,) = render(spec, str(pin_dir), generation=record["generation"])
+    kind, changed = plan_change(record, unit, spec)
+    say(f"live change of chain '{spec.name}': {kind}" + (f" ({', '.join(changed)})" if changed else ""))
+    old_maps = set(record["maps"].values())
+    try:
+        if kind == "topology":
+            record = _new_generation(record, spec, targets, say)
+        else:
+            record = _same_generation(record, spec, unit, changed, say)
+            _reattach(record, spec, targets, say)
+    except BaseException:
+        _forget_maps(set(_map_files(pin_dir)) - old_maps)
+        raise
+    _forget_maps(set(_map_files(pin_dir)) - set(record["maps"].values()))
+    record["changes"] = record.get("changes", 0) + 1
+    _write_record(record)
+    return Deployment(record, last_change=kind)
+
+
+def _same_generation(record: dict, spec: ChainSpec, unit: Unit, changed: list[str],
+                     say: Progress) -> dict:
+    """Update maps in place and replace changed functions' programs in their slots."""
+    loaded = compile_unit(unit, label=f"chain '{spec.name}'", load=[f"vc_fn_{n}" for n in changed])
+    try:
+        _populate(spec, loaded)
+        gen_dir = Path(record["gen_dir"])
+        slots = loaded.bpf[b"vc_progs"] if changed else None
+        new = dict(record, spec=spec_to_dict(spec), sections=unit.sections, maps=unit.map_pins)
+        new["functions"] = [dict(f) for f in record["functions"]]
+        for f in new["functions"]:
+            if f["name"] not in changed:
+                continue
+            prog = loaded.programs[f"vc_fn_{f['name']}"]
+            say(f"replacing function '{f['name']}' in slot {f['slot']}")
+            slots[slots.Key(f["slot"])] = slots.Leaf(prog.fd)  # the atomic switch
+            pin = gen_dir / f"fn_{f['name']}"
+            with contextlib.suppress(FileNotFoundError):
+                pin.unlink()
+            bpfsys.obj_pin(prog.fd, str(pin))
+            f["prog_id"] = bpfsys.prog_id(prog.fd)
+        return new
+    finally:
+        loaded.close()
+
+
+def _new_generation(record: dict, spec: ChainSpec, targets, say: Progress) -> dict:
+    """Build generation N+1 beside N, carry counters over, swap XDP atomically."""
+    pin_dir = Path(record["pin_dir"])
+    generation = record["generation"] + 1
+    built = None
+    try:
+        built = _build(spec, pin_dir, generation, say)
+        _carry_counters(record, spec, generation_dir(pin_dir, generation))
+        new = dict(record, attachments=list(record["attachments"]))
+        _adopt(new, spec, built)
+        _swap_attachments(record, new, spec, targets, built.entry_fd, say)
+    except BaseException:
+        if built:
+            built.close()
+        shutil.rmtree(generation_dir(pin_dir, generation), ignore_errors=True)
+        raise
+    built.close()
+    shutil.rmtree(record["gen_dir"], ignore_errors=True)
+    return new
+
+
+def _swap_attachments(old: dict, new: dict, spec: ChainSpec, targets, new_fd: int,
+                      say: Progress, *, replace: bool = True) -> None:
+    """Point every kept interface at the new entry (XDP_FLAGS_REPLACE), attach the
+    added ones, detach the removed ones; on failure put back what was switched."""
+    old_fd = bpfsys.obj_get(str(Path(old["gen_dir"]) / "entry"))
+    done: list[tuple[dict, str]] = []   # (attachment, "replaced" | "attached")
+    kept = {(a["interface"], a["netns"]): a for a in old["attachments"]}
+    try:
+        attachments = []
+        for point, index in targets:
+            current = kept.pop((point.interface, point.netns), None)
+            if current and not replace:
+                attachments.append(current)
+            elif current:
+                say(f"switching {point} to the new programs")
+                netlink.xdp_attach(index, new_fd, current["mode"], point.netns, replace_fd=old_fd)
+                done.append((current, "replaced"))
+                attachments.append(current)
+            else:
+                say(f"attaching to {point}")
+                mode = _attach(new_fd, point, index, spec.xdp_mode)
+                a = _attachment(point, index, mode)
+                done.append((a, "attached"))
+                attachments.append(a)
+        for gone in kept.values():
+            say(f"detaching from {gone['interface']}@{gone['netns'] or 'root'}")
+            netlink.xdp_detach(gone["ifindex"], gone["mode"], gone["netns"], expected_fd=old_fd)
+        new["attachments"] = attachments
+    except BaseException:
+        for a, how in reversed(done):
+            with contextlib.suppress(Exception):
+                if how == "replaced":
+                    netlink.xdp_attach(a["ifindex"], old_fd, a["mode"], a["netns"], replace_fd=new_fd)
+                else:
+                    netlink.xdp_detach(a["ifindex"], a["mode"], a["netns"], expected_fd=new_fd)
+        raise
+    finally:
+        os.close(old_fd)
+
+
+def _reattach(record: dict, spec: ChainSpec, targets, say: Progress) -> None:
+    """Same programs, possibly a different attach list."""
+    entry_fd = bpfsys.obj_get(str(Path(record["gen_dir"]) / "entry"))
+    try:
+        _swap_attachments(record, record, spec, targets, entry_fd, say, replace=False)
+    finally:
+        os.close(entry_fd)
+
+
+def _carry_counters(record: dict, spec: ChainSpec, new_gen_dir: Path) -> None:
+    """Copy each function's counters (by name) into the new generation's stats."""
+    old_rows = {f["name"]: f["slot"] for f in record["functions"]}
+    old_rows[ENTRY] = len(record["functions"])
+    new_rows = {f.name: i for i, f in enumerate(spec.functions)}
+    new_rows[ENTRY] = len(spec.functions)
+    with bpfsys.PinnedMap(str(Path(record["gen_dir"]) / "stats")) as old, \
+            bpfsys.PinnedMap(str(new_gen_dir / "stats")) as new:
+        for name, row in new_rows.items():
+            if name in old_rows:
+                value = old.lookup(old_rows[name].to_bytes(4, "little"))
+                if value:
+                    new.update(row.to_bytes(4, "little"), b"".join(value))
+
+
+def _map_files(pin_dir: Path) -> list[str]:
+    maps = pin_dir / "maps"
+    return [str(p) for p in maps.iterdir()] if maps.is_dir() else []
+
+
+def _forget_maps(paths) -> None:
+    """Unpin maps nothing uses any more (their programs hold them until replaced)."""
+    for path in paths:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
 
 
 # -- undeploy -----------------------------------------------------------------------
@@ -214,8 +430,8 @@ def _teardown(record: dict) -> list[str]:
     warnings = []
     pin_dir = Path(record["pin_dir"])
     entry_fd = None
-    with contextlib.suppress(OSError):
-        entry_fd = bpfsys.obj_get(str(pin_dir / "entry"))
+    with contextlib.suppress(OSError, KeyError):
+        entry_fd = bpfsys.obj_get(str(Path(record["gen_dir"]) / "entry"))
     try:
         for a in record.get("attachments", []):
             if not _detach(a, entry_fd):
@@ -267,6 +483,7 @@ class Deployment:
     """A chain running in the kernel, seen through its record and pins."""
 
     record: dict
+    last_change: str = ""   # what the deploy that returned this did: new, config, code, topology
 
     @property
     def name(self) -> str:
@@ -275,6 +492,10 @@ class Deployment:
     @property
     def pin_dir(self) -> Path:
         return Path(self.record["pin_dir"])
+
+    @property
+    def gen_dir(self) -> Path:
+        return Path(self.record["gen_dir"])
 
     @property
     def spec(self) -> ChainSpec:
@@ -295,13 +516,13 @@ class Deployment:
         for path in sorted(run_dir().glob("*.json")):
             with contextlib.suppress(VnfchainError):
                 record = _read_record(path.stem)
-                if record:
+                if record and "gen_dir" in record:
                     out.append(cls(record))
         return out
 
     def entry_fd(self) -> int:
         """An fd of the entry program (the caller closes it)."""
-        return bpfsys.obj_get(str(self.pin_dir / "entry"))
+        return bpfsys.obj_get(str(self.gen_dir / "entry"))
 
     def run(self, packet, *, repeat: int = 1, ingress_ifindex: int | None = None,
             netns: str | None = None):
@@ -320,8 +541,8 @@ class Deployment:
         problems = []
         if self.record["state"] != "running":
             problems.append(f"deploy did not finish (state {self.record['state']}); undeploy it")
-        if not (self.pin_dir / "entry").exists():
-            problems.append(f"pins missing under {self.pin_dir}")
+        if not (self.gen_dir / "entry").exists():
+            problems.append(f"pins missing under {self.gen_dir}")
         for a in self.record["attachments"]:
             state = None
             with contextlib.suppress(Exception):
@@ -333,19 +554,19 @@ class Deployment:
     def undeploy(self) -> list[str]:
         return undeploy(self.name)
 
-    def stats(self) -> dict[str, dict[str, int]]:
-        """Counters per function (and 'entry'), summed over CPUs."""
+    def stats(self) -> dict[str, dict[str, Any]]:
+        """Counters per function (and '(entry)'), summed over CPUs."""
         names = self.record["counters"]
-        out: dict[str, dict[str, int]] = {}
-        with bpfsys.PinnedMap(str(self.pin_dir / "stats")) as stats:
-            rows = [("(entry)", len(self.record["functions"]))] + \
+        out: dict[str, dict[str, Any]] = {}
+        with bpfsys.PinnedMap(str(self.gen_dir / "stats")) as stats:
+            rows = [(ENTRY, len(self.record["functions"]))] + \
                    [(f["name"], f["slot"]) for f in self.record["functions"]]
             for fname, row in rows:
                 values = stats.sum_u64(row.to_bytes(4, "little"))
                 out[fname] = dict(zip(names, values))
         spec = self.spec
         for f in spec.functions:
-            reader = MapReader(self.pin_dir, f.name)
+            reader = MapReader(self.record["maps"], f.name)
             out[f.name].update(f.ftype.read_counters(reader, f.params))
         return out
 
@@ -353,12 +574,15 @@ class Deployment:
 class MapReader:
     """A function's pinned maps, for its read_counters()."""
 
-    def __init__(self, pin_dir: Path, prefix: str):
-        self.pin_dir, self.prefix = pin_dir, prefix
+    def __init__(self, pins: dict[str, str], prefix: str):
+        self.pins, self.prefix = pins, prefix
+
+    def open(self, name: str) -> bpfsys.PinnedMap:
+        return bpfsys.PinnedMap(self.pins[f"{self.prefix}_{name}"])
 
     def items_percpu(self, name: str, fields: tuple[str, ...]):
         """(index, {field: sum over CPUs}) for every entry of an array of u64 fields."""
-        with bpfsys.PinnedMap(str(self.pin_dir / f"{self.prefix}_{name}")) as m:
+        with self.open(name) as m:
             for index in range(m.max_entries):
                 totals = m.sum_u64(index.to_bytes(4, "little"))
                 yield index, dict(zip(fields, totals))

@@ -45,7 +45,7 @@ class _RawChain(_Strict):
     on_miss: Literal["drop", "pass"] = "drop"
     exit: Literal["pass", "drop", "tx"] = "pass"
     entry: str | None = None
-    functions: dict[str, dict[str, Any]] = Field(min_length=1)
+    functions: dict[Any, Any] = Field(min_length=1)   # names and bodies: checked in _function
 
 
 @dataclass(frozen=True)
@@ -126,6 +126,9 @@ def _chain_error(exc: ValidationError, loc: Locator) -> SpecError:
     if path[:1] == ("name",) and err["type"] == "string_pattern_mismatch":
         return loc.error("chain name must match [a-z][a-z0-9-]{0,22} (it is used in pin paths "
                          "and interface records); rename it", ("name",))
+    if path == ("functions",) and err["type"] in ("too_short", "dict_type"):
+        return loc.error("a chain needs at least one function under 'functions:', e.g. "
+                         "functions: {count: {type: counter}} (see `vnfchain functions`)", path)
     return pydantic_to_spec_error(exc, loc)
 
 
@@ -141,7 +144,7 @@ def _function(name: str, body: dict[str, Any], loc: Locator) -> FunctionSpec:
     if type_name is None:
         raise loc.error(f"function '{name}' has no 'type:'; known types: "
                         f"{', '.join(sorted(functions.REGISTRY))}", path)
-    ftype = functions.get(type_name)
+    ftype = functions.get(type_name) if isinstance(type_name, str) else None
     if ftype is None:
         raise loc.error(f"function '{name}': unknown type '{type_name}'; known types: "
                         f"{', '.join(sorted(functions.REGISTRY))} (see `vnfchain functions`)",

@@ -1,12 +1,25 @@
 """Render: a chain spec becomes C sources (pure; no root, no BCC).
 
-Tail-call mode renders one unit per function plus the entry program; fused mode
-renders one unit holding the whole graph. Both wrap the same function bodies.
+One unit per chain: in tail-call mode it holds every function as its own XDP
+program plus the entry; in fused mode one program runs the whole graph. Both
+wrap the same function bodies. (BCC spends ~0.4 s per unit whatever its size,
+so one compile per chain.)
+
+Pins are laid out for live change:
+
+    <chain>/g<N>/      progs, scratch, stats, entry, fn_<name>  (one generation)
+    <chain>/maps/      <fn>_<map>-<fingerprint>  (function state, kept across
+                       generations while the map's definition stays the same)
+
+A map's fingerprint hashes its kind, size and the C definitions of its key and
+value, so an upgrade that keeps a map's layout keeps the map (and the flows in
+it), and one that changes it gets a fresh map instead of a mismatched one.
 """
 from __future__ import annotations
 
+import hashlib
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
@@ -20,6 +33,7 @@ from .verdicts import CounterLayout, all_reasons
 ENTRY_PROGRAM = "vc_entry"
 UNIT_NAME = "chain.bpf.c"
 XDP_ACTIONS = {"drop": "XDP_DROP", "pass": "XDP_PASS", "tx": "XDP_TX"}
+PRELUDE, ENTRY = "(prelude)", "(entry)"   # section names besides the functions'
 
 
 def templates_dir() -> Path:
@@ -34,13 +48,19 @@ def lib_dir() -> Path:
     return templates_dir() / "lib"
 
 
+def generation_dir(pin_dir: str | Path, generation: int) -> Path:
+    return Path(pin_dir) / f"g{generation}"
+
+
 @dataclass(frozen=True)
 class Unit:
     """One C translation unit and the XDP programs to load from it."""
 
-    name: str                               # file name, e.g. "fw.bpf.c"
+    name: str                               # file name, e.g. "chain.bpf.c"
     source: str
     programs: tuple[tuple[str, str], ...]   # (C function, chain function or "" for the entry)
+    sections: dict[str, str] = field(default_factory=dict)   # section -> hash of its code
+    map_pins: dict[str, str] = field(default_factory=dict)   # C map name -> pin path
 
 
 def counter_layout() -> CounterLayout:
@@ -61,43 +81,61 @@ def _environment() -> jinja2.Environment:
     return _env
 
 
-def render(spec: ChainSpec, pin_dir: str, mode: str | None = None) -> list[Unit]:
-    """One unit per chain: in tail-call mode it holds every function as its own
-    XDP program plus the entry; in fused mode one program runs the whole graph.
-    (One compile per chain: BCC spends ~0.4 s per unit whatever its size.)"""
+def render(spec: ChainSpec, pin_dir: str, mode: str | None = None, generation: int = 1) -> list[Unit]:
     mode = mode or spec.mode
-    common = _common_vars(spec, pin_dir)
-    bodies = [(f, _body(spec, f)) for f in spec.functions]
+    common = _common_vars(spec, pin_dir, generation)
+    map_pins: dict[str, str] = {}
+    bodies = [(f, _body(spec, f, pin_dir, map_pins)) for f in spec.functions]
     if mode == "fused":
         source = _template("chain/fused.bpf.c.j2").render(
             unit="fused program", bodies=bodies, tailcall=0, **common)
-        return [Unit(UNIT_NAME, _mark_sections(source), ((ENTRY_PROGRAM, ""),))]
-    source = _template("chain/tailcall.bpf.c.j2").render(
-        unit="tail-call programs", bodies=bodies, tailcall=1, **common)
-    programs = tuple((f"vc_fn_{f.name}", f.name) for f in spec.functions) + ((ENTRY_PROGRAM, ""),)
-    return [Unit(UNIT_NAME, _mark_sections(source), programs)]
+        programs: tuple = ((ENTRY_PROGRAM, ""),)
+    else:
+        source = _template("chain/tailcall.bpf.c.j2").render(
+            unit="tail-call programs", bodies=bodies, tailcall=1, **common)
+        programs = tuple((f"vc_fn_{f.name}", f.name) for f in spec.functions) + ((ENTRY_PROGRAM, ""),)
+    source, sections = _mark_sections(source)
+    return [Unit(UNIT_NAME, source, programs, sections, map_pins)]
 
 
-_SECTION = re.compile(r"^/\* ---- (function \S+ \(\S+\)|entry) ---- \*/$")
+_SECTION = re.compile(r"^/\* ---- (?:function (\S+) \((\S+)\)|entry) ---- \*/$")
 
 
-def _mark_sections(source: str) -> str:
+def _mark_sections(source: str) -> tuple[str, dict[str, str]]:
     """Turn each section comment into a #line directive naming the section, so that
     clang's errors and the verifier's source notes say which function they are in
-    ("chain.bpf.c (function fw (firewall)):57") with the rendered file's line numbers."""
+    ("chain.bpf.c (function fw (firewall)):57") with the rendered file's line numbers.
+    Also returns a hash of each section's code, to tell what a live change touches."""
     lines = source.splitlines()
+    texts: dict[str, list[str]] = {PRELUDE: [_lib_fingerprint()]}
+    current = PRELUDE
     for i, text in enumerate(lines):
         m = _SECTION.match(text)
         if m:
-            lines[i] = f'#line {i + 2} "{UNIT_NAME} ({m.group(1)})"'
-    return "\n".join(lines) + "\n"
+            current = m.group(1) or ENTRY
+            name = f"function {m.group(1)} ({m.group(2)})" if m.group(1) else "entry"
+            lines[i] = f'#line {i + 2} "{UNIT_NAME} ({name})"'
+            texts[current] = []
+        else:
+            texts[current].append(text)
+    sections = {name: _digest("\n".join(body)) for name, body in texts.items()}
+    return "\n".join(lines) + "\n", sections
 
 
-def _common_vars(spec: ChainSpec, pin_dir: str) -> dict:
+def _lib_fingerprint() -> str:
+    return "".join(_digest(p.read_text()) for p in sorted(lib_dir().glob("*.h")))
+
+
+def _digest(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _common_vars(spec: ChainSpec, pin_dir: str, generation: int) -> dict:
     return dict(
-        chain=spec.name, pin_dir=pin_dir, nfuncs=len(spec.functions),
-        defines=counter_layout().c_defines(), slots=spec.slots, labels=spec.labels,
-        entry=spec.entry, on_miss=XDP_ACTIONS[spec.on_miss], exit=XDP_ACTIONS[spec.exit])
+        chain=spec.name, gen_dir=str(generation_dir(pin_dir, generation)),
+        nfuncs=len(spec.functions), defines=counter_layout().c_defines(), slots=spec.slots,
+        labels=spec.labels, entry=spec.entry, on_miss=XDP_ACTIONS[spec.on_miss],
+        exit=XDP_ACTIONS[spec.exit])
 
 
 def context_for(spec: ChainSpec, f: FunctionSpec, **extra) -> RenderContext:
@@ -106,13 +144,38 @@ def context_for(spec: ChainSpec, f: FunctionSpec, **extra) -> RenderContext:
                          label_ids=spec.labels, netns=netns, **extra)
 
 
-def _body(spec: ChainSpec, f: FunctionSpec) -> str:
+def _body(spec: ChainSpec, f: FunctionSpec, pin_dir: str, map_pins: dict[str, str]) -> str:
     ftype = f.ftype
     ctx = context_for(spec, f)
     variables = dict(ftype.template_vars(f.params, ctx))
     variables.update(p=f.name, maps={m.name: m.max_entries for m in ftype.maps(f.params)},
                      labels=spec.labels, params=f.params)
-    return _template(ftype.template).render(**variables).rstrip() + "\n"
+    body = _template(ftype.template).render(**variables).rstrip() + "\n"
+    pins = _map_pins(body, pin_dir)
+    map_pins.update(pins)
+    defines = "".join(f'#define VC_PIN_{name} "{path}"\n' for name, path in pins.items())
+    return defines + body
+
+
+_VC_MAP = re.compile(r'VC_MAP\(\s*"(\w+)"\s*,\s*([^,]+?)\s*,\s*([^,]+?)\s*,\s*(\w+)\s*,\s*([^)]+?)\s*\)')
+
+
+def _map_pins(body: str, pin_dir: str) -> dict[str, str]:
+    """Pin path of every map the body declares, named by its definition's fingerprint."""
+    pins = {}
+    for kind, key, value, name, size in _VC_MAP.findall(body):
+        definition = "|".join([kind, _type_text(body, key), _type_text(body, value), size])
+        pins[name] = f"{pin_dir}/maps/{name}-{_digest(definition)[:8]}"
+    return pins
+
+
+def _type_text(body: str, ctype: str) -> str:
+    """A struct's definition from the body (its layout), or the type name itself."""
+    m = re.fullmatch(r"struct\s+(\w+)", ctype)
+    if not m:
+        return ctype
+    found = re.search(rf"struct\s+{m.group(1)}\s*\{{[^}}]*\}}\s*;", body)
+    return re.sub(r"\s+", " ", found.group(0)) if found else ctype
 
 
 def _template(name: str) -> jinja2.Template:

@@ -157,13 +157,16 @@ Examples:
 
 \b
 The chain keeps running after this command exits (programs and maps are pinned
-under /sys/fs/bpf/vnfchain/NAME); `vnfchain undeploy NAME` removes it.""")
+under /sys/fs/bpf/vnfchain/NAME); `vnfchain undeploy NAME` removes it.
+Deploying a name that is running changes it live, without losing packets:
+config-only changes update maps, code changes swap prog-array slots, anything
+else swaps in a new generation atomically. A failed change changes nothing.""")
 @click.argument("chain_file", type=click.Path(dir_okay=False))
 @click.option("--attach", "attach", multiple=True, metavar="IF[@NETNS]",
               help="Attach here instead of the chain's attach: list (repeatable).")
 @click.option("--mode", type=click.Choice(["tailcall", "fused"]), help="Override the chain's mode.")
 def deploy(chain_file, attach, mode):
-    """Compile, load, pin and attach a chain; it runs on after the command exits."""
+    """Deploy a chain (or change a running one live); it runs on after the command exits."""
     chain = _load(chain_file, mode)
     started = time.monotonic()
     with err.status("deploying") as status:
@@ -171,9 +174,20 @@ def deploy(chain_file, attach, mode):
                            progress=lambda msg: status.update(msg))
     where = ", ".join(f"{a['interface']}@{a['netns'] or 'root'} ({a['mode']})"
                       for a in dep.record["attachments"]) or "nothing (not attached)"
-    out.print(f"deployed chain [bold]{dep.name}[/bold] ({dep.record['mode']}, "
-              f"{len(dep.record['functions'])} functions) on {where} in "
-              f"{time.monotonic() - started:.1f} s")
+    took = f"{time.monotonic() - started:.1f} s"
+    if dep.last_change == "new":
+        out.print(f"deployed chain [bold]{dep.name}[/bold] ({dep.record['mode']}, "
+                  f"{len(dep.record['functions'])} functions) on {where} in {took}")
+    else:
+        out.print(f"changed chain [bold]{dep.name}[/bold] live in {took}: {_CHANGES[dep.last_change]}; "
+                  f"running on {where}")
+
+
+_CHANGES = {
+    "config": "configuration only, maps updated in place, programs untouched",
+    "code": "changed functions replaced in their prog-array slots",
+    "topology": "new programs swapped in atomically (XDP_FLAGS_REPLACE), counters carried over",
+}
 
 
 @cli.command("ls")
@@ -214,7 +228,7 @@ def status(name):
     spec = d.spec
     for f in r["functions"]:
         nxt = spec.function(f["name"]).next
-        table.add_row(str(f["slot"]), f["name"], f["type"], str(f.get("prog_id", "fused")),
+        table.add_row(str(f["slot"]), f["name"], f["type"], str(f.get("prog_id") or "(fused)"),
                       ", ".join(f"{label}->{t}" for label, t in nxt) or f"exit: {spec.exit}")
     out.print(table)
     for a in r["attachments"]:

@@ -81,8 +81,31 @@ class FunctionType:
         return []
 
     def populate(self, tables, params, ctx: RenderContext) -> None:
-        """Write the config into maps; ``tables[name]`` is a BCC table."""
+        """Make the maps hold what the config says; ``tables[name]`` is a BCC
+        table. Runs at deploy and again on every live change, on maps that may
+        already hold an older config (see ``replace_contents``)."""
 
     def read_counters(self, maps, params) -> dict[str, int]:
         """Own counters for ``stats``; ``maps.sum_percpu(name, key)`` etc."""
         return {}
+
+
+def headroom(entries: int, floor: int = 64) -> int:
+    """A map size with room to grow: small config edits then stay map updates
+    instead of a new map (the size is part of a map's definition)."""
+    size = floor
+    while size < 2 * entries:
+        size *= 2
+    return size
+
+
+def replace_contents(table, wanted: list[tuple]) -> None:
+    """Make a BCC hash table hold exactly the (key, value) pairs ``wanted``: write
+    the new entries first, then delete the stale ones, so a lookup never misses a
+    key both configs have."""
+    for key, value in wanted:
+        table[key] = value
+    wanted_bytes = {bytes(k) for k, _ in wanted}
+    for key in list(table.keys()):
+        if bytes(key) not in wanted_bytes:
+            del table[key]

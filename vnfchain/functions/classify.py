@@ -11,7 +11,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator
 
-from .base import FunctionType, MapSpec, Params
+from .base import FunctionType, MapSpec, Params, headroom, replace_contents
 
 PROTOS = {"icmp": 1, "tcp": 6, "udp": 17, "icmpv6": 58}
 
@@ -41,7 +41,7 @@ class Classify(FunctionType):
     Params = ClassifyParams
 
     def maps(self, params):
-        return [MapSpec("rules", "hash", max(len(params.rules), 1),
+        return [MapSpec("rules", "hash", headroom(len(params.rules)),
                         "(protocol, destination port) -> label id")]
 
     def labels(self, params):
@@ -49,9 +49,11 @@ class Classify(FunctionType):
 
     def populate(self, tables, params, ctx):
         table = tables["rules"]
-        for rule in reversed(params.rules):  # first rule wins on duplicates
-            key = table.Key(proto=PROTOS[rule.proto], dport=_be16(rule.dport or 0))
-            table[key] = table.Leaf(ctx.label_ids[rule.label])
+        wanted = {}
+        for rule in params.rules:  # the first rule wins on duplicates
+            wanted.setdefault((PROTOS[rule.proto], _be16(rule.dport or 0)), ctx.label_ids[rule.label])
+        replace_contents(table, [(table.Key(proto=p, dport=d), table.Leaf(label))
+                                 for (p, d), label in wanted.items()])
 
 
 def _be16(port: int) -> int:

@@ -17,7 +17,7 @@ from .base import FunctionType, MapSpec, Params
 
 class ForwardParams(Params):
     interface: str | None = Field(
-        None, min_length=1, max_length=15,
+        None, min_length=1, max_length=15, pattern=r"^[^\s/:]+$",
         description="send every packet out of this interface (in the chain's netns) "
                     "unchanged, instead of a FIB lookup")
 
@@ -32,7 +32,9 @@ class Forward(FunctionType):
         return [MapSpec("egress", "array", 1, "egress ifindex; 0 means look up the FIB")]
 
     def populate(self, tables, params, ctx):
+        table = tables["egress"]
         if params.interface is None:
+            table[table.Key(0)] = table.Leaf(0)
             return
         ifindex = ctx.resolve_ifindex(params.interface)
         if not ifindex:
@@ -40,5 +42,4 @@ class Forward(FunctionType):
             raise DeployError(
                 f"function '{ctx.function}': interface '{params.interface}' does not exist in {where}; "
                 f"create it or fix 'interface:'")
-        table = tables["egress"]
         table[table.Key(0)] = table.Leaf(ifindex)

@@ -45,9 +45,10 @@ struct vc_row {
 
 #define VC_LABEL(id) (VC_LABEL_BASE + (id))
 
-/* pinned under the chain's directory, shared by every program of the chain */
+/* a function's map, pinned where the renderer says (VC_PIN_<name>): kept across
+ * live changes for as long as its definition stays the same */
 #define VC_MAP(type, key, value, name, size) \
-	BPF_TABLE_PINNED(type, key, value, name, size, VC_PIN_DIR "/" #name)
+	BPF_TABLE_PINNED(type, key, value, name, size, VC_PIN_##name)
 
 static __always_inline int vc_drop(struct vc_meta *meta, __u8 reason)
 {
