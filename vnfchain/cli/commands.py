@@ -11,6 +11,7 @@ from pathlib import Path
 
 import click
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from . import cli
@@ -48,10 +49,10 @@ def functions_cmd(type_name):
     out.print(f"[bold]{ftype.name}[/bold]: {ftype.summary}")
     doc = (sys.modules[type(ftype).__module__].__doc__ or "").strip()
     if "\n" in doc:  # the module docstring, less its first line, is the long help
-        out.print(doc.split("\n", 1)[1].strip())
+        out.print(escape(doc.split("\n", 1)[1].strip()))
     table = Table("parameter", "type", "default", "meaning", box=None)
     for row in _param_rows(ftype.Params):
-        table.add_row(*row)
+        table.add_row(*(escape(cell) for cell in row))  # "list[Rule]" is not rich markup
     out.print(table)
     out.print("every function also takes [bold]next[/bold]: a function name, or {label: function, default: function}")
     if ftype.reasons:
@@ -309,3 +310,40 @@ def undeploy(name, all_):
         out.print(f"undeployed chain [bold]{n}[/bold]")
     if all_ and not names:
         out.print("no chains deployed")
+
+
+@cli.command(epilog="""\b
+Examples:
+  vnfchain trace pvp-edge --packet "Ether()/IP(src='198.18.1.2', dst='198.18.2.2')/TCP(dport=80)"
+  vnfchain trace pvp-edge --packet "Ether()/IP(dst='198.18.2.2')/ICMP()" --interface dut-wan --pcap t.pcap
+
+\b
+Caveats: the packet runs through the chain's live programs (BPF_PROG_TEST_RUN)
+and is counted like real traffic, but never leaves the machine. The path comes
+from the counters, so live traffic at the same moment can blur it (you are told).""")
+@click.argument("name")
+@click.option("--packet", "expression", required=True, help="A scapy expression: Ether()/IP(...)/TCP(...).")
+@click.option("--interface", help="Arrive on this attached interface (default: the first).")
+@click.option("--pcap", type=click.Path(dir_okay=False), help="Write the packet in and out to a pcap file.")
+def trace(name, expression, interface, pcap):
+    """Send one packet through a running chain and show the path it takes."""
+    from ..chain import trace as trace_mod
+    dep = Deployment.get(name)
+    packet = trace_mod.build_packet(expression)
+    result = trace_mod.trace(dep, packet, interface)
+    from scapy.layers.l2 import Ether
+    out.print(f"in : {Ether(result.packet_in).summary()}")
+    table = Table("function", "type", "verdict", box=None)
+    for step in result.steps:
+        table.add_row(step.function, step.type, step.verdict + (f" ({step.reason})" if step.reason else ""))
+    out.print(table)
+    out.print(f"verdict: [bold]{result.action}[/bold] ({result.duration_ns} ns in the test run)")
+    out.print(f"out: {Ether(result.packet_out).summary()}")
+    for line in trace_mod.differences(result.packet_in, result.packet_out):
+        out.print(f"  changed {line}")
+    if result.interference:
+        err.print("warning: other packets crossed the chain during the trace; the path may include theirs")
+    if pcap:
+        from scapy.utils import wrpcap
+        wrpcap(pcap, [Ether(result.packet_in), Ether(result.packet_out)])
+        out.print(f"wrote {pcap} (packet in, packet out)")
