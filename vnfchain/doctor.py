@@ -15,10 +15,11 @@ import ctypes
 import errno
 import os
 import platform
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Iterator
+
+from .chain.compile import captured_stderr
 
 __all__ = ["Check", "CHECKS", "run_checks"]
 
@@ -60,7 +61,7 @@ class _Probe:
 
     def load(self) -> int | None:
         if self.prog_fd is None and self.error is None:
-            with _captured_stderr() as compiler_output:
+            with captured_stderr() as compiler_output:
                 try:
                     from bcc import BPF
                     self._bpf = BPF(text=_TINY_XDP)
@@ -295,26 +296,6 @@ def _attach_and_detach(ipr, index: int, prog_fd: int, flags: int, expected: str)
 def _xdp_mode(ipr, index: int) -> str | None:
     xdp = ipr.link("get", index=index)[0].get("xdp") or {}
     return dict(xdp.get("attrs", [])).get("IFLA_XDP_ATTACHED")
-
-
-class _Captured:
-    text = ""  # filled in when the capture ends
-
-
-@contextlib.contextmanager
-def _captured_stderr() -> Iterator[_Captured]:
-    """Collect what C code (clang inside BCC) writes to fd 2, so it lands in the check's detail."""
-    captured = _Captured()
-    with tempfile.TemporaryFile(prefix="vnfchain-doctor-") as log:
-        saved = os.dup(2)
-        os.dup2(log.fileno(), 2)
-        try:
-            yield captured
-        finally:
-            os.dup2(saved, 2)
-            os.close(saved)
-            log.seek(0)
-            captured.text = log.read().decode(errors="replace")
 
 
 def _compiler_errors(text: str, count: int = 3) -> str:

@@ -27,7 +27,8 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, TypeVar
 
-from .errors import DeployError, EnvironmentError_
+from . import bpfsys
+from .errors import DeployError
 
 if TYPE_CHECKING:  # scapy takes ~1 s to import: only when a packet is parsed
     from scapy.packet import Packet
@@ -221,16 +222,10 @@ _libs: dict[str, ctypes.CDLL] = {}
 
 
 def _libbpf() -> ctypes.CDLL:
-    if "bpf" not in _libs:
-        try:
-            lib = ctypes.CDLL("libbpf.so.1", use_errno=True)
-        except OSError as exc:
-            raise EnvironmentError_("libbpf.so.1 is missing, and BPF_PROG_TEST_RUN needs it: "
-                              f"apt-get install libbpf1 ({exc})") from None
-        lib.bpf_prog_test_run_opts.argtypes = [ctypes.c_int, ctypes.POINTER(_TestRunOpts)]
-        lib.bpf_prog_test_run_opts.restype = ctypes.c_int
-        _libs["bpf"] = lib
-    return _libs["bpf"]
+    lib = bpfsys.lib()
+    lib.bpf_prog_test_run_opts.argtypes = [ctypes.c_int, ctypes.POINTER(_TestRunOpts)]
+    lib.bpf_prog_test_run_opts.restype = ctypes.c_int
+    return lib
 
 
 def _libc() -> ctypes.CDLL:

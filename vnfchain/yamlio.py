@@ -92,8 +92,10 @@ def dumps(data: Any) -> str:
 
 
 def pydantic_to_spec_error(exc, locator: Locator, prefix: Path_ = ()) -> SpecError:
-    """First error of a pydantic ValidationError as a SpecError with file:line."""
-    err = exc.errors()[0]
+    """First error of a pydantic ValidationError as a SpecError with file:line; an
+    unknown key comes first, as a misspelt key ("rulez") also makes one missing."""
+    errors = exc.errors()
+    err = next((e for e in errors if e["type"] == "extra_forbidden"), errors[0])
     loc = prefix + tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-")))
     key = ".".join(str(p) for p in loc)
     msg = err["msg"]

@@ -3,7 +3,6 @@ leaving nothing; failures and interrupts half-way leave nothing either."""
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys

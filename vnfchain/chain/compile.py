@@ -31,20 +31,25 @@ def bcc():
     return module
 
 
+class Captured:
+    text = ""  # filled in when the capture ends
+
+
 @contextlib.contextmanager
-def _captured_stderr():
-    """Collect what C code (clang, libbpf, BCC) writes to fd 2."""
+def captured_stderr():
+    """Collect what C code (clang, libbpf, BCC) writes to fd 2: Python's
+    sys.stderr never sees it."""
+    captured = Captured()
     with tempfile.TemporaryFile(mode="w+b") as sink:
         saved = os.dup(2)
         os.dup2(sink.fileno(), 2)
-        out: list[str] = []
         try:
-            yield out
+            yield captured
         finally:
             os.dup2(saved, 2)
             os.close(saved)
             sink.seek(0)
-            out.append(sink.read().decode(errors="replace"))
+            captured.text = sink.read().decode(errors="replace")
 
 
 @dataclass
@@ -65,13 +70,13 @@ def compile_unit(unit: Unit, *, label: str, load: list[str] | None = None) -> Lo
     the function at fault is named from the section the compiler or verifier blames
     (render turns each function's section into a #line directive naming it)."""
     BPF = bcc().BPF
-    with _captured_stderr() as err:
+    with captured_stderr() as err:
         try:
             bpf = BPF(text=unit.source.encode(), cflags=[f"-I{lib_dir()}"] + CFLAGS)
         except Exception:
             bpf = None
     if bpf is None:
-        detail = _diagnostics(err[0], unit.name)
+        detail = _diagnostics(err.text, unit.name)
         function = _blamed(detail, first=True)
         raise CompileError(f"{_in(function)}{label} does not compile; the compiler said:",
                            function=function or "", detail=detail)
@@ -79,7 +84,7 @@ def compile_unit(unit: Unit, *, label: str, load: list[str] | None = None) -> Lo
     for cname, fname in unit.programs:
         if load is not None and cname not in load:
             continue
-        with _captured_stderr() as err:
+        with captured_stderr() as err:
             try:
                 loaded.programs[cname] = bpf.load_func(cname.encode(), BPF.XDP)
                 failure = None
@@ -87,7 +92,7 @@ def compile_unit(unit: Unit, *, label: str, load: list[str] | None = None) -> Lo
                 failure = str(exc)
         if failure is not None:
             loaded.close()
-            log = err[0].strip()
+            log = err.text.strip()
             function = fname or _blamed(log, first=False)
             raise VerifierError(f"the kernel verifier rejected {_in(function)}{label} ({failure}); "
                                 f"its log follows", function=function or "", detail=log)

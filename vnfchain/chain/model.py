@@ -97,7 +97,9 @@ class ChainSpec:
         return {label: i for i, label in enumerate(sorted(names))}
 
     def with_changes(self, **changes) -> "ChainSpec":
-        return replace(self, **changes)
+        """A copy with some keys changed, validated again: an override (mode, attach,
+        name) must pass the same checks as the YAML (tail-call depth, duplicates)."""
+        return spec_from_dict(spec_to_dict(replace(self, **changes)))
 
 
 def spec_from_dict(data: Any, locator: Locator | None = None) -> ChainSpec:
@@ -109,9 +111,10 @@ def spec_from_dict(data: Any, locator: Locator | None = None) -> ChainSpec:
     except ValidationError as exc:
         raise _chain_error(exc, loc) from None
     fns = {name: _function(name, body, loc) for name, body in raw.functions.items()}
+    _check_next(fns, loc)
     graph = _graph(fns)
     entry = _entry(raw.entry, graph, loc)
-    _check_graph(graph, entry, fns, raw.mode, loc)
+    _check_graph(graph, entry, raw.mode, loc)
     _check_attach(raw.attach, loc)
     order = list(nx.lexicographical_topological_sort(graph, key=list(fns).index))
     return ChainSpec(
@@ -194,7 +197,8 @@ def _entry(entry: str | None, g: nx.MultiDiGraph, loc: Locator) -> str:
                     f"set 'entry:' to the function packets enter first", ("functions",))
 
 
-def _check_graph(g, entry, fns, mode, loc: Locator) -> None:
+def _check_next(fns: dict[str, FunctionSpec], loc: Locator) -> None:
+    """Before the graph is built: a missing target would otherwise become a node."""
     for f in fns.values():
         emits = f.ftype.labels(f.params)
         for label, target in f.next:
@@ -206,6 +210,9 @@ def _check_graph(g, entry, fns, mode, loc: Locator) -> None:
                 can = ", ".join(sorted(emits)) or "none"
                 raise loc.error(f"function '{f.name}' ({f.type}) never emits label '{label}' "
                                 f"(its labels: {can}); use one of them or 'default'", where)
+
+
+def _check_graph(g, entry, mode, loc: Locator) -> None:
     try:
         cycle = nx.find_cycle(g)
     except nx.NetworkXNoCycle:

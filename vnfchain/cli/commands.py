@@ -15,10 +15,10 @@ from rich.markup import escape
 from rich.table import Table
 
 from . import cli
-from .. import functions
+from .. import functions, yamlio
 from ..chain import Chain, Deployment
 from ..chain import render as render_mod
-from ..chain.model import MAX_TAIL_CALLS
+from ..chain.model import MAX_TAIL_CALLS, spec_from_dict
 from ..errors import SpecError, VnfchainError
 
 out = Console(highlight=False)
@@ -26,8 +26,14 @@ err = Console(stderr=True, highlight=False)
 
 
 def _load(path: str, mode: str | None = None) -> Chain:
-    chain = Chain.from_yaml(path)
-    return chain.with_mode(mode) if mode else chain
+    """The chain in ``path``; ``--mode`` applies before validation, so that a path too
+    long for tail calls can still be rendered or deployed with ``--mode fused``."""
+    if mode is None:
+        return Chain.from_yaml(path)
+    data, locator = yamlio.load(path)
+    if isinstance(data, dict):
+        data["mode"] = mode
+    return Chain(spec_from_dict(data, locator), source=path)
 
 
 # -- functions ------------------------------------------------------------------------

@@ -11,7 +11,6 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn
 from rich.table import Table
 
 from . import cli
-from ..errors import TestbedError
 from ..testbed import Testbed, load_topology
 from ..testbed import build as _build
 from ..testbed.record import Record
