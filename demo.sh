@@ -19,6 +19,6 @@ step testbed up topologies/pvp.yaml
 step deploy examples/pvp-forward.yaml
 step testbed exec pvp client -- ping -c 5 -i 0.2 198.18.2.2
 step testbed exec pvp client -- curl -s -m 5 http://198.18.2.2/
-step testbed exec pvp client -- curl -s -m 5 -o /dev/null -w '%{http_code}\n' http://198.18.2.2:80/
+step testbed exec pvp client -- sh -c 'head -c 1000000 /dev/urandom | nc -N 198.18.2.2 7 | wc -c'   # 1 MB echoed back
 step stats pvp-edge
 step status pvp-edge

@@ -21,7 +21,8 @@ from ..chain import render as render_mod
 from ..chain.model import MAX_TAIL_CALLS, spec_from_dict
 from ..errors import SpecError, VnfchainError
 
-out = Console(highlight=False)
+# piped output (CI logs, demo.sh | tee) gets room for the stats table
+out = Console(highlight=False, width=None if sys.stdout.isatty() else 132)
 err = Console(stderr=True, highlight=False)
 
 
@@ -285,13 +286,13 @@ def _stats_table(name, stats, rates, all_counters) -> Table:
         table.add_column(c.replace("_", " "), justify="right")
     if rates is not None:
         table.add_column("pps", justify="right")
-    table.add_column("other counters")
+    table.add_column("own counters", overflow="fold")
     for fn, s in stats.items():
-        extra = [f"{k}={v}" for k, v in s.items() if k not in _MAIN and (v or all_counters)]
+        extra = "\n".join(f"{k}={v}" for k, v in s.items() if k not in _MAIN and (v or all_counters))
         row = [fn] + [str(s.get(c, 0)) for c in shown]
         if rates is not None:
             row.append(f"{rates.get(fn, 0):.0f}")
-        table.add_row(*row, " ".join(extra))
+        table.add_row(*row, extra)
     return table
 
 
