@@ -10,8 +10,10 @@ from pathlib import Path
 
 import networkx as nx
 import pytest
+from pydantic import ValidationError
 
 from vnfchain import Chain
+from vnfchain.chain import AttachPoint
 from vnfchain.chain.model import MAX_TAIL_CALLS
 from vnfchain.errors import SpecError
 
@@ -168,8 +170,8 @@ def test_spec_is_frozen():
         spec.name = "other"
     with pytest.raises(dataclasses.FrozenInstanceError):
         spec.functions[0].next = ()
-    with pytest.raises(Exception):
-        spec.function("steer").params.rules[0].dport = 1   # pydantic frozen model
+    with pytest.raises(ValidationError, match="frozen"):
+        spec.function("steer").params.rules[0].dport = 1
 
 
 def test_slots_are_topological_and_yaml_order_breaks_ties():
@@ -210,6 +212,16 @@ def test_mode_override_is_validated_like_the_yaml():
     with pytest.raises(SpecError, match="mode"):
         Chain.from_yaml(EXAMPLE).with_mode("turbo")
     assert Chain.from_yaml(EXAMPLE).with_mode("fused").spec.mode == "fused"
+
+
+def test_attach_override_is_validated_like_the_yaml():
+    spec = Chain.from_yaml(EXAMPLE).spec
+    twice = (AttachPoint(interface="eth9", netns="ns"),) * 2
+    with pytest.raises(SpecError, match="eth9@ns is listed twice under attach"):
+        spec.with_changes(attach=twice)
+    moved = spec.with_changes(attach=twice[:1])
+    assert [str(a) for a in moved.attach] == ["eth9@ns"]
+    assert moved.functions == spec.functions and moved.entry == spec.entry
 
 
 # -- validation errors: file:line, the bad key, and how to fix it -----------------------
@@ -257,8 +269,8 @@ ERRORS = [
      "name: t\nfunctions:\n  a:\n    type: counter\n    next: a\n",
      5, "functions.a.next", ["cycle", "a -> a"]),
     ("unreachable",
-     "name: t\nentry: a\nfunctions:\n  a: {type: counter, next: b}\n  b: {type: forward}\n"
-     "  lost: {type: counter, next: b}\n",
+     ("name: t\nentry: a\nfunctions:\n  a: {type: counter, next: b}\n  b: {type: forward}\n"
+      "  lost: {type: counter, next: b}\n"),
      6, "functions.lost", ["lost cannot be reached from entry 'a'", "connect them", "remove them"]),
     ("ambiguous entry",
      BASE + "  c:\n    type: counter\n    next: b\n",
@@ -341,6 +353,12 @@ ERRORS += [
      9, "functions.steer.rules.1.dport", ["greater than or equal to 1"]),
     ("port not a number",
      CLASSIFY.replace("dport: 80\n", "dport: http\n"),
+     7, "functions.steer.rules.0.dport", ["valid integer"]),
+    ("port a boolean",
+     CLASSIFY.replace("dport: 80\n", "dport: true\n"),
+     7, "functions.steer.rules.0.dport", ["valid integer"]),
+    ("port a quoted string",
+     CLASSIFY.replace("dport: 80\n", "dport: '80'\n"),
      7, "functions.steer.rules.0.dport", ["valid integer"]),
     ("bad protocol",
      CLASSIFY.replace("proto: udp", "proto: sctp"),

@@ -2,7 +2,7 @@
 
 A deployed chain lives in the kernel, not in this process:
 
-    /sys/fs/bpf/vnfchain/<chain>/g<N>/  entry, fn_<name>, progs, scratch, stats
+    /sys/fs/bpf/vnfchain/<chain>/g<N>/  entry, fn_<name>, progs, state (metadata + counters)
     /sys/fs/bpf/vnfchain/<chain>/maps/  <fn>_<map>-<fingerprint> (function state)
     /run/vnfchain/<chain>.json          what deploy made: attachments, pins, spec
 
@@ -396,19 +396,34 @@ def _reattach(record: dict, spec: ChainSpec, targets, say: Progress) -> None:
         os.close(entry_fd)
 
 
+def _state_rows(state: bytes, nrows: int, width: int) -> list[list[int]]:
+    """The counter rows of one CPU's struct vc_state (metadata first, rows last)."""
+    start = len(state) - nrows * width * 8
+    return [[int.from_bytes(state[start + 8 * (r * width + c):start + 8 * (r * width + c + 1)], "little")
+             for c in range(width)] for r in range(nrows)]
+
+
 def _carry_counters(record: dict, spec: ChainSpec, new_gen_dir: Path) -> None:
-    """Copy each function's counters (by name) into the new generation's stats."""
+    """Copy each function's counters (by name) into the new generation's state."""
     old_rows = {f["name"]: f["slot"] for f in record["functions"]}
     old_rows[ENTRY] = len(record["functions"])
     new_rows = {f.name: i for i, f in enumerate(spec.functions)}
     new_rows[ENTRY] = len(spec.functions)
-    with bpfsys.PinnedMap(str(Path(record["gen_dir"]) / "stats")) as old, \
-            bpfsys.PinnedMap(str(new_gen_dir / "stats")) as new:
-        for name, row in new_rows.items():
-            if name in old_rows:
-                value = old.lookup(old_rows[name].to_bytes(4, "little"))
-                if value:
-                    new.update(row.to_bytes(4, "little"), b"".join(value))
+    width = len(record["counters"])
+    zero = (0).to_bytes(4, "little")
+    with bpfsys.PinnedMap(str(Path(record["gen_dir"]) / "state")) as old, \
+            bpfsys.PinnedMap(str(new_gen_dir / "state")) as new:
+        per_cpu = []
+        for cpu_state in old.lookup(zero) or []:
+            rows = _state_rows(cpu_state, len(old_rows), width)
+            carried = [[0] * width for _ in new_rows]
+            for name, row in new_rows.items():
+                if name in old_rows:
+                    carried[row] = rows[old_rows[name]]
+            body = b"".join(v.to_bytes(8, "little") for r in carried for v in r)
+            per_cpu.append(bytes(new.value_size - len(body)) + body)
+        if per_cpu:
+            new.update(zero, b"".join(per_cpu))
 
 
 def _map_files(pin_dir: Path) -> list[str]:
@@ -557,13 +572,15 @@ class Deployment:
     def stats(self) -> dict[str, dict[str, Any]]:
         """Counters per function (and '(entry)'), summed over CPUs."""
         names = self.record["counters"]
-        out: dict[str, dict[str, Any]] = {}
-        with bpfsys.PinnedMap(str(self.gen_dir / "stats")) as stats:
-            rows = [(ENTRY, len(self.record["functions"]))] + \
-                   [(f["name"], f["slot"]) for f in self.record["functions"]]
-            for fname, row in rows:
-                values = stats.sum_u64(row.to_bytes(4, "little"))
-                out[fname] = dict(zip(names, values))
+        nrows = len(self.record["functions"]) + 1
+        totals = [[0] * len(names) for _ in range(nrows)]
+        with bpfsys.PinnedMap(str(self.gen_dir / "state")) as state:
+            for cpu_state in state.lookup((0).to_bytes(4, "little")) or []:
+                for r, row in enumerate(_state_rows(cpu_state, nrows, len(names))):
+                    totals[r] = [a + b for a, b in zip(totals[r], row)]
+        out: dict[str, dict[str, Any]] = {ENTRY: dict(zip(names, totals[-1]))}
+        for f in self.record["functions"]:
+            out[f["name"]] = dict(zip(names, totals[f["slot"]]))
         spec = self.spec
         for f in spec.functions:
             reader = MapReader(self.record["maps"], f.name)

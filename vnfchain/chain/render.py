@@ -7,7 +7,7 @@ so one compile per chain.)
 
 Pins are laid out for live change:
 
-    <chain>/g<N>/      progs, scratch, stats, entry, fn_<name>  (one generation)
+    <chain>/g<N>/      progs, state, entry, fn_<name>  (one generation)
     <chain>/maps/      <fn>_<map>-<fingerprint>  (function state, kept across
                        generations while the map's definition stays the same)
 

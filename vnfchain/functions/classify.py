@@ -18,7 +18,8 @@ PROTOS = {"icmp": 1, "tcp": 6, "udp": 17, "icmpv6": 58}
 
 class ClassifyRule(Params):
     proto: Literal["tcp", "udp", "icmp", "icmpv6"] = Field(description="IP protocol")
-    dport: int | None = Field(None, ge=1, le=65535, description="destination port (tcp/udp only)")
+    dport: int | None = Field(None, ge=1, le=65535, strict=True,  # `dport: true` is not port 1
+                              description="destination port (tcp/udp only)")
     label: str = Field(pattern=r"^[a-z][a-z0-9_]{0,23}$", description="branch label to emit")
 
     @field_validator("dport")

@@ -1,20 +1,17 @@
 /* vc_stats.h - per-function per-CPU counters: a struct vc_row per function in
- * the chain's `stats` map (looked up by vc_row_get() in the rendered prelude:
- * BCC rewrites map calls only in the main file, never in headers). */
+ * the chain's per-CPU state (struct vc_state, declared by the rendered prelude). */
 #ifndef VC_STATS_H
 #define VC_STATS_H
 
 static __always_inline void vc_count_rx(struct vc_row *row, struct xdp_md *ctx)
 {
-	if (!row)
-		return;
 	row->c[VC_CTR_RX_PACKETS]++;
 	row->c[VC_CTR_RX_BYTES] += ctx->data_end - ctx->data;
 }
 
 static __always_inline void vc_count(struct vc_row *row, __u32 ctr)
 {
-	if (row && ctr < VC_NCOUNTERS)
+	if (ctr < VC_NCOUNTERS)
 		row->c[ctr]++;
 }
 
