@@ -1,9 +1,9 @@
 """vnfchain: NFV service chains run inside the Linux kernel at the XDP hook.
 
-    import networkx as nx, vnfchain
-    chain = vnfchain.Chain.from_yaml("examples/pvp-forward.yaml")
-    dep = chain.deploy(attach=[("dut-lan", "dut")])
-    dep.stats(); dep.undeploy()
+    import vnfchain
+    chain = vnfchain.Chain.from_yaml("examples/pvp-forward.yaml")   # or Chain.from_graph(g)
+    dep = chain.deploy(attach=[("dut-lan", "vc-pvp-dut")])           # (interface, netns)
+    dep.stats(); dep.run(packet); dep.undeploy()
 """
 __version__ = "0.1.0"
 

@@ -230,7 +230,8 @@ def status(name):
     """Show one deployed chain: functions, slots, program ids, attachments, health."""
     d = Deployment.get(name)
     r = d.record
-    out.print(f"chain [bold]{d.name}[/bold]: {r['state']}, mode {r['mode']}, pins {r['pin_dir']}")
+    out.print(f"chain [bold]{d.name}[/bold]: {r['state']}, mode {r['mode']}, generation "
+              f"{r['generation']}, {r.get('changes', 0)} live change(s), pins {r['pin_dir']}")
     out.print(f"entry program id {r['entry_prog_id']}")
     table = Table("slot", "function", "type", "program id", "next", box=None)
     spec = d.spec
