@@ -466,7 +466,7 @@ def test_graph_node_without_type():
 def test_graph_without_name():
     g = nx.DiGraph()
     g.add_node("a", type="counter")
-    with pytest.raises(SpecError, match="missing required key 'name'"):
+    with pytest.raises(SpecError, match=r"has no name; create it as nx.DiGraph\(name="):
         Chain.from_graph(g)
 
 

@@ -39,6 +39,8 @@ class Chain:
     def from_graph(cls, graph: nx.DiGraph) -> "Chain":
         if not isinstance(graph, nx.DiGraph) or graph.is_multigraph():
             raise SpecError("a chain graph must be a networkx DiGraph (nx.DiGraph(name=...))")
+        if not graph.graph.get("name"):
+            raise SpecError("the chain graph has no name; create it as nx.DiGraph(name='my-chain')")
         return cls(spec_from_dict(dict_from_graph(graph)))
 
     @property
