@@ -31,6 +31,8 @@ def lib() -> ctypes.CDLL:
     handle.bpf_map_delete_elem.argtypes = [ctypes.c_int, ctypes.c_void_p]
     handle.bpf_map_update_elem.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p,
                                            ctypes.c_uint64]
+    handle.bpf_map_update_batch.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p,
+                                            ctypes.POINTER(ctypes.c_uint32), ctypes.c_void_p]
     handle.bpf_obj_get_info_by_fd.argtypes = [ctypes.c_int, ctypes.c_void_p,
                                               ctypes.POINTER(ctypes.c_uint32)]
     return handle
@@ -50,6 +52,15 @@ def obj_get(path: str) -> int:
 
 def obj_pin(fd: int, path: str) -> None:
     _check(lib().bpf_obj_pin(fd, str(path).encode()), f"pin {path}")
+
+
+def update_batch(fd: int, keys: bytes, values: bytes, count: int) -> None:
+    """Write ``count`` entries in one syscall; keys and values are packed back to
+    back (a per-CPU map's value holds one slot per possible CPU)."""
+    n = ctypes.c_uint32(count)
+    kbuf = ctypes.create_string_buffer(keys, len(keys))
+    vbuf = ctypes.create_string_buffer(values, len(values))
+    _check(lib().bpf_map_update_batch(fd, kbuf, vbuf, ctypes.byref(n), None), "batch map update")
 
 
 def possible_cpus() -> int:

@@ -91,14 +91,24 @@ def dumps(data: Any) -> str:
     return buf.getvalue()
 
 
+_TYPE_TAGS = {"int", "str", "float", "bool", "list", "dict", "tuple", "none",
+              "IPv4Network", "IPv6Network"}
+
+
+def _is_type_tag(part) -> bool:
+    """pydantic puts union members and validators in an error's location
+    ("dport", "list[...]", "function-after[...]"); a user's key never looks like that."""
+    return isinstance(part, str) and ("[" in part or part in _TYPE_TAGS or part.startswith("function-"))
+
+
 def pydantic_to_spec_error(exc, locator: Locator, prefix: Path_ = ()) -> SpecError:
     """First error of a pydantic ValidationError as a SpecError with file:line; an
     unknown key comes first, as a misspelt key ("rulez") also makes one missing."""
     errors = exc.errors()
     err = next((e for e in errors if e["type"] == "extra_forbidden"), errors[0])
-    loc = prefix + tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-")))
+    loc = prefix + tuple(p for p in err["loc"] if not _is_type_tag(p))
     key = ".".join(str(p) for p in loc)
-    msg = err["msg"]
+    msg = err["msg"].removeprefix("Value error, ")
     if err["type"] == "extra_forbidden":
         msg = f"unknown key '{loc[-1]}'; remove it or check its spelling"
     elif err["type"] == "missing":

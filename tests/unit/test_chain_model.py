@@ -240,10 +240,10 @@ functions:
 ERRORS = [
     ("unknown type",
      BASE.replace("type: counter", "type: firewal"),
-     4, "functions.a.type", ["unknown type 'firewal'", "classify, counter, forward", "vnfchain functions"]),
+     4, "functions.a.type", ["unknown type 'firewal'", "classify, counter, firewall, forward", "vnfchain functions"]),
     ("type not a string",
      BASE.replace("type: counter", "type: [counter]"),
-     4, "functions.a.type", ["unknown type", "classify, counter, forward"]),
+     4, "functions.a.type", ["unknown type", "classify, counter, firewall, forward"]),
     ("no type",
      BASE.replace("    type: counter\n", ""),
      3, "functions.a", ["has no 'type:'", "counter"]),

@@ -397,9 +397,11 @@ def _reattach(record: dict, spec: ChainSpec, targets, say: Progress) -> None:
 
 
 def _state_rows(state: bytes, nrows: int, width: int) -> list[list[int]]:
-    """The counter rows of one CPU's struct vc_state (metadata first, rows last)."""
-    start = len(state) - nrows * width * 8
-    return [[int.from_bytes(state[start + 8 * (r * width + c):start + 8 * (r * width + c + 1)], "little")
+    """The counter rows of one CPU's struct vc_state (metadata first, rows last;
+    each row has counter_layout().slots counters, the first ``width`` named)."""
+    slots = counter_layout().slots
+    start = len(state) - nrows * slots * 8
+    return [[int.from_bytes(state[start + 8 * (r * slots + c):start + 8 * (r * slots + c + 1)], "little")
              for c in range(width)] for r in range(nrows)]
 
 
@@ -416,10 +418,11 @@ def _carry_counters(record: dict, spec: ChainSpec, new_gen_dir: Path) -> None:
         per_cpu = []
         for cpu_state in old.lookup(zero) or []:
             rows = _state_rows(cpu_state, len(old_rows), width)
-            carried = [[0] * width for _ in new_rows]
+            slots = counter_layout().slots
+            carried = [[0] * slots for _ in new_rows]
             for name, row in new_rows.items():
                 if name in old_rows:
-                    carried[row] = rows[old_rows[name]]
+                    carried[row][:width] = rows[old_rows[name]]
             body = b"".join(v.to_bytes(8, "little") for r in carried for v in r)
             per_cpu.append(bytes(new.value_size - len(body)) + body)
         if per_cpu:

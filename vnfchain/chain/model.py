@@ -6,7 +6,7 @@ Errors name the file:line (when the input was YAML) and the key.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 import networkx as nx
@@ -79,6 +79,7 @@ class ChainSpec:
     exit: str
     entry: str
     functions: tuple[FunctionSpec, ...]   # in slot order: topological, YAML order breaks ties
+    warnings: tuple[str, ...] = field(default=(), compare=False)   # legal but suspicious (file:line)
 
     def function(self, name: str) -> FunctionSpec:
         return next(f for f in self.functions if f.name == name)
@@ -120,7 +121,21 @@ def spec_from_dict(data: Any, locator: Locator | None = None) -> ChainSpec:
     return ChainSpec(
         name=raw.name, description=raw.description, attach=tuple(raw.attach),
         xdp_mode=raw.xdp_mode, mode=raw.mode, on_miss=raw.on_miss, exit=raw.exit,
-        entry=entry, functions=tuple(fns[n] for n in order))
+        entry=entry, functions=tuple(fns[n] for n in order), warnings=_warnings(fns, loc))
+
+
+def _warnings(fns: dict[str, FunctionSpec], loc: Locator) -> tuple[str, ...]:
+    """What each function type finds legal but suspicious, e.g. a shadowed rule."""
+    out = []
+    for f in fns.values():
+        for path, text, related in f.ftype.warnings(f.params):
+            where = ("functions", f.name) + tuple(path)
+            line = loc.line(where)
+            prefix = f"{loc.file}:{line}: " if loc.file and line else ""
+            other = loc.line(("functions", f.name) + tuple(related)) if related else None
+            suffix = f" (line {other})" if other and loc.file else ""
+            out.append(f"{prefix}function '{f.name}': {text}{suffix}")
+    return tuple(out)
 
 
 def _chain_error(exc: ValidationError, loc: Locator) -> SpecError:
@@ -256,7 +271,7 @@ def spec_to_dict(spec: ChainSpec) -> dict[str, Any]:
 
 def _function_dict(f: FunctionSpec) -> dict[str, Any]:
     body: dict[str, Any] = {"type": f.type}
-    body.update(f.params.model_dump(mode="json", exclude_defaults=True))
+    body.update(f.params.model_dump(mode="json", exclude_defaults=True, exclude_none=True))
     if f.next == ((DEFAULT, f.default_next),) and f.default_next:
         body["next"] = f.default_next
     elif f.next:
@@ -267,7 +282,7 @@ def _function_dict(f: FunctionSpec) -> dict[str, Any]:
 def spec_to_graph(spec: ChainSpec) -> nx.DiGraph:
     g = nx.DiGraph(**{k: v for k, v in spec_to_dict(spec).items() if k != "functions"})
     for f in spec.functions:
-        g.add_node(f.name, type=f.type, **f.params.model_dump(mode="json", exclude_defaults=True))
+        g.add_node(f.name, type=f.type, **f.params.model_dump(mode="json", exclude_defaults=True, exclude_none=True))
     edges: dict[tuple[str, str], list[str | None]] = {}
     for f in spec.functions:
         for label, target in f.next:

@@ -157,7 +157,7 @@ def _body(spec: ChainSpec, f: FunctionSpec, pin_dir: str, map_pins: dict[str, st
     return defines + body
 
 
-_VC_MAP = re.compile(r'VC_MAP\(\s*"(\w+)"\s*,\s*([^,]+?)\s*,\s*([^,]+?)\s*,\s*(\w+)\s*,\s*([^)]+?)\s*\)')
+_VC_MAP = re.compile(r'VC_MAP(?:_F)?\(\s*"(\w+)"\s*,\s*([^,]+?)\s*,\s*([^,]+?)\s*,\s*(\w+)\s*,\s*([^)]+?)\s*\)')
 
 
 def _map_pins(body: str, pin_dir: str) -> dict[str, str]:

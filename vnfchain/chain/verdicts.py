@@ -39,6 +39,15 @@ class CounterLayout:
     def width(self) -> int:
         return len(self.names)
 
+    @property
+    def slots(self) -> int:
+        """Counters per row in the kernel: a power of two, so that an index can be
+        masked into range (the verifier accepts a mask where a compare gets lost)."""
+        n = 1
+        while n < self.width:
+            n *= 2
+        return n
+
     def c_defines(self) -> list[tuple[str, int]]:
         defs = [(f"VC_{v.upper()}", i) for i, v in enumerate(VERDICTS)]
         defs.append(("VC_LABEL_BASE", LABEL_BASE))
@@ -47,6 +56,7 @@ class CounterLayout:
         defs += [(f"VC_REASON_{r.upper()}", i) for i, r in enumerate(self.reasons)]
         defs.append(("VC_NREASONS", len(self.reasons)))
         defs.append(("VC_NCOUNTERS", self.width))
+        defs.append(("VC_ROW_SLOTS", self.slots))
         return defs
 
 

@@ -6,6 +6,7 @@ import shutil
 import subprocess
 import sys
 import time
+import types
 import typing
 from pathlib import Path
 
@@ -35,6 +36,11 @@ def _load(path: str, mode: str | None = None) -> Chain:
     if isinstance(data, dict):
         data["mode"] = mode
     return Chain(spec_from_dict(data, locator), source=path)
+
+
+def _warn(chain: Chain) -> None:
+    for warning in chain.spec.warnings:
+        err.print(f"warning: {warning}")
 
 
 # -- functions ------------------------------------------------------------------------
@@ -82,13 +88,24 @@ def _nested_model(ann):
     for arg in typing.get_args(ann) or (ann,):
         if isinstance(arg, type) and issubclass(arg, BaseModel):
             return arg
+        inner = _nested_model(arg) if typing.get_args(arg) else None
+        if inner is not None:
+            return inner
     return None
 
 
 def _type_text(ann) -> str:
-    text = str(ann).replace("typing.", "").replace("<class '", "").replace("'>", "")
-    return text.rsplit(".", 1)[-1] if "Literal" not in text and "[" not in text else \
-        text.replace("vnfchain.functions.", "")
+    """A parameter's type the way a YAML author thinks of it: "tcp|udp", "list[Rule]"."""
+    origin, args = typing.get_origin(ann), typing.get_args(ann)
+    if origin is typing.Literal:
+        return "|".join(str(a) for a in args)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_type_text(a) for a in args if a is not type(None))
+    if origin in (list, tuple):
+        return f"list[{_type_text(args[0])}]" if args else "list"
+    if origin is dict:
+        return "mapping"
+    return getattr(ann, "__name__", str(ann))
 
 
 # -- validate / render / graph --------------------------------------------------------
@@ -99,6 +116,7 @@ def validate(chain_file):
     """Check a chain definition (schema and graph); needs no root."""
     chain = Chain.from_yaml(chain_file)
     spec = chain.spec
+    _warn(chain)
     import networkx as nx
     longest = len(nx.dag_longest_path(chain.graph))
     out.print(f"ok: chain [bold]{spec.name}[/bold]: {len(spec.functions)} function(s), entry "
@@ -176,6 +194,7 @@ else swaps in a new generation atomically. A failed change changes nothing.""")
 def deploy(chain_file, attach, mode):
     """Deploy a chain (or change a running one live); it runs on after the command exits."""
     chain = _load(chain_file, mode)
+    _warn(chain)
     started = time.monotonic()
     with err.status("deploying") as status:
         dep = chain.deploy(attach=list(attach) if attach else None,

@@ -76,8 +76,9 @@ class FunctionType:
     def template_vars(self, params, ctx: RenderContext) -> dict:
         return {}
 
-    def check(self, params, ctx: RenderContext) -> list[str]:
-        """Problems only visible at deploy time (e.g. a missing interface)."""
+    def warnings(self, params) -> list[tuple[tuple, str, tuple | None]]:
+        """Legal but suspicious config: (key path in the function, text, related
+        key path or None); the chain adds file:line."""
         return []
 
     def populate(self, tables, params, ctx: RenderContext) -> None:

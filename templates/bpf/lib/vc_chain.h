@@ -40,7 +40,7 @@ struct vc_meta {
 
 /* one row of per-function counters; see vnfchain/chain/verdicts.py */
 struct vc_row {
-	__u64 c[VC_NCOUNTERS];
+	__u64 c[VC_ROW_SLOTS];
 };
 
 #define VC_LABEL(id) (VC_LABEL_BASE + (id))
@@ -49,6 +49,10 @@ struct vc_row {
  * live changes for as long as its definition stays the same */
 #define VC_MAP(type, key, value, name, size) \
 	BPF_TABLE_PINNED(type, key, value, name, size, VC_PIN_##name)
+
+/* the same with map flags, e.g. BPF_F_NO_PREALLOC, which LPM tries require */
+#define VC_MAP_F(type, key, value, name, size, flags) \
+	BPF_TABLE_PINNED(type, key, value, name, size, VC_PIN_##name, flags)
 
 static __always_inline int vc_drop(struct vc_meta *meta, __u8 reason)
 {

@@ -11,8 +11,7 @@ static __always_inline void vc_count_rx(struct vc_row *row, struct xdp_md *ctx)
 
 static __always_inline void vc_count(struct vc_row *row, __u32 ctr)
 {
-	if (ctr < VC_NCOUNTERS)
-		row->c[ctr]++;
+	row->c[ctr & (VC_ROW_SLOTS - 1)]++;
 }
 
 static __always_inline void vc_count_verdict(struct vc_row *row, int verdict, struct vc_meta *meta)

@@ -1,0 +1,238 @@
+"""firewall: ordered rules, first match wins, with a default action.
+
+Rules match on source/destination CIDR (IPv4, IPv6), protocol, source and
+destination ports (single, range, list), TCP flags, ICMP type, ingress
+interface and, with ``conntrack: true``, connection state. Actions: allow (on
+to the next function), drop, or goto a branch label. Matching costs O(fields),
+not O(rules): each field's lookup yields a bit vector of candidate rules, the
+vectors are ANDed and the lowest set bit wins (vnfchain/firewall/lbvs.py).
+
+A rule change is a map update: the new ruleset is written beside the running
+one and switched in with one word, so no packet sees half of each.
+Connection tracking here is the firewall's own table; the NAT keeps its own
+translations (a NAT before or after the firewall sees other tuples).
+"""
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import json
+import math
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from .. import bpfsys
+from ..firewall.lbvs import FIELDS, NOT_ICMP, NOT_TCP, NO_PORT, compile_rules
+from ..firewall.rules import CT_STATES, Rule
+from .base import FunctionType, MapSpec, Params, headroom
+
+VERDICT = {"allow": 0, "drop": 1}   # VC_CONTINUE, VC_DROP
+LABEL_BASE = 16
+
+
+class Timeouts(Params):
+    unreplied: int = Field(30, ge=1, description="seconds a flow nobody answered is kept")
+    established: int = Field(3600, ge=1, description="seconds an idle established flow is kept")
+    closing: int = Field(10, ge=1, description="seconds after FIN both ways")
+    udp: int = Field(30, ge=1, description="seconds an unanswered UDP flow is kept")
+    icmp: int = Field(30, ge=1, description="seconds an ICMP echo flow is kept")
+
+
+class FirewallParams(Params):
+    default: Literal["allow", "drop"] = Field("drop", description="what packets no rule matches get")
+    rules: list[Rule] = Field([], max_length=100_000, description="ordered; the first match decides")
+    conntrack: bool = Field(False, description="track flows: rules may match ct: new/established/"
+                                               "related/invalid; replies of allowed flows are established")
+    non_ip: Literal["allow", "drop"] = Field("allow", description="what frames that are not IP get (ARP!)")
+    timeouts: Timeouts = Field(Timeouts(), description="conntrack timeouts, in seconds")
+
+    @model_validator(mode="after")
+    def _ct_needs_tracking(self):
+        for i, rule in enumerate(self.rules):
+            if rule.ct and not self.conntrack:
+                raise ValueError(f"rules.{i} matches ct: {', '.join(rule.ct)}, which needs conntrack: true")
+        return self
+
+
+def words(params) -> int:
+    return max(1, math.ceil(max(len(params.rules), 1) * 1.25 / 64))
+
+
+def port_ranges(params, field: str) -> int:
+    return sum(len(getattr(r, field) or ()) for r in params.rules)
+
+
+def port_classes(params) -> int:
+    """Classes per version in each port field: intervals between range ends, plus 'no port'."""
+    return headroom(2 * max(port_ranges(params, "sport"), port_ranges(params, "dport")) + 2)
+
+
+def prefixes(params, field: str, family: int) -> int:
+    return len({n for r in params.rules for n in (getattr(r, field) or []) if n.version == family})
+
+
+class Firewall(FunctionType):
+    name = "firewall"
+    summary = "ordered ACL (CIDR, proto, ports, TCP flags, ICMP, iif, conntrack state) in O(fields)"
+    Params = FirewallParams
+    reasons = ("rule", "default_policy")
+
+    def maps(self, params):
+        w = words(params)
+        lpm = {f"{f}{fam}": 2 * headroom(prefixes(params, f, fam) + 1, 16)
+               for f in ("src", "dst") for fam in (4, 6)}
+        specs = [MapSpec(name, "lpm_trie", size, "prefix -> candidate rules") for name, size in lpm.items()]
+        specs += [
+            MapSpec("cfg", "array", 1, "active version; per version: used fields, default, hash"),
+            MapSpec("ones", "array", 1, "all-ones bit vector, for fields no rule uses"),
+            MapSpec("proto", "array", 2 * 256, "protocol -> candidate rules"),
+            MapSpec("sport_class", "array", 2 * 65536, "source port -> interval class"),
+            MapSpec("dport_class", "array", 2 * 65536, "destination port -> interval class"),
+            MapSpec("sport_bits", "array", 2 * port_classes(params), "source port class -> candidate rules"),
+            MapSpec("dport_bits", "array", 2 * port_classes(params), "destination port class -> candidate rules"),
+            MapSpec("flags", "array", 2 * 257, "TCP flags byte -> candidate rules"),
+            MapSpec("icmp", "array", 2 * 257, "ICMP type -> candidate rules"),
+            MapSpec("iif", "hash", 2 * headroom(len({r.iif for r in params.rules}) + 1, 16),
+                    "(version, ifindex) -> candidate rules"),
+            MapSpec("ct_bits", "array", 2 * (len(CT_STATES) + 1), "conntrack state -> candidate rules"),
+            MapSpec("actions", "array", 2 * w * 64, "rule -> verdict"),
+            MapSpec("hits", "percpu_array", w * 64 + 1, "packets per rule; the default's last"),
+        ]
+        specs.append(MapSpec("flows", "lru_hash", 65536 if params.conntrack else 1, "tracked flows"))
+        return specs
+
+    def labels(self, params):
+        return {r.label for r in params.rules if r.action == "goto"}
+
+    def template_vars(self, params, ctx):
+        return {
+            "words": words(params),
+            "port_classes": port_classes(params),
+            "conntrack": int(params.conntrack),
+            "non_ip": "VC_CONTINUE" if params.non_ip == "allow" else "VC_DROP",
+            "timeouts": params.timeouts,
+            "fw_defines": fw_defines(),
+        }
+
+    def warnings(self, params):
+        from ..firewall.rules import shadowed
+        return [(("rules", later), f"rule {later} can never match: rule {earlier} before it matches "
+                                   f"everything it does", ("rules", earlier))
+                for earlier, later in shadowed(params.rules)]
+
+    def populate(self, tables, params, ctx):
+        RulesetWriter(tables, params, ctx).write()
+
+    def read_counters(self, maps, params):
+        out = {}
+        with maps.open("hits") as hits:
+            for i in range(len(params.rules)):
+                n = sum(hits.sum_u64(i.to_bytes(4, "little")))
+                if n:
+                    out[f"rule{i}_hits"] = n
+            n = sum(hits.sum_u64((hits.max_entries - 1).to_bytes(4, "little")))
+            if n:
+                out["default_hits"] = n
+        return out
+
+
+def fw_defines() -> list[tuple[str, int]]:
+    """The constants the template shares with lbvs.py, generated from it."""
+    names = {"src": "SRC", "dst": "DST", "proto": "PROTO", "sport": "SPORT", "dport": "DPORT",
+             "flags": "FLAGS", "icmp_type": "ICMP", "iif": "IIF", "ct": "CT"}
+    out = [(f"FW_F_{names[f]}", 1 << i) for i, f in enumerate(FIELDS)]
+    out += [("FW_NO_PORT", NO_PORT), ("FW_NOT_TCP", NOT_TCP), ("FW_NOT_ICMP", NOT_ICMP)]
+    out += [(f"FW_CT_{s.upper()}", i) for i, s in enumerate(CT_STATES)]
+    out += [("FW_CT_UNTRACKED", len(CT_STATES)), ("FW_CT_CLASSES", len(CT_STATES) + 1)]
+    return out
+
+
+class RulesetWriter:
+    """Writes a ruleset into the idle version of the maps, then switches to it."""
+
+    def __init__(self, tables, params, ctx):
+        self.t, self.params, self.ctx = tables, params, ctx
+        self.words = words(params)
+        self.port_classes = port_classes(params)
+
+    def write(self) -> None:
+        cfg_table = self.t["cfg"]
+        cfg = cfg_table[cfg_table.Key(0)]
+        digest = self._digest()
+        if cfg.initialized and cfg.v[cfg.active & 1].hash == digest:
+            return  # this ruleset is already the running one
+        new = (1 - (cfg.active & 1)) if cfg.initialized else 0
+        c = compile_rules(self.params.rules, self.words)
+        self._fill(new, c)
+        ver = cfg.v[new]
+        ver.used = sum(1 << i for i, f in enumerate(FIELDS) if f in c.used)
+        ver.nrules = c.nrules
+        ver.default_verdict = VERDICT[self.params.default]
+        ver.hash = digest
+        cfg_table[cfg_table.Key(0)] = cfg        # the idle version is complete
+        old = cfg.active & 1
+        cfg.active = new
+        cfg.initialized = 1
+        cfg_table[cfg_table.Key(0)] = cfg        # the switch
+        if old != new:
+            self._clear_hashed(old)
+        self._zero_hits()
+
+    def _digest(self) -> int:
+        dump = json.dumps([self.params.model_dump(mode="json", exclude={"timeouts"})], sort_keys=True)
+        return int.from_bytes(hashlib.sha256(dump.encode()).digest()[:4], "little")
+
+    def _bits(self, value: int) -> bytes:
+        return value.to_bytes(self.words * 8, "little")
+
+    def _fill(self, v: int, c) -> None:
+        t = self.t
+        ones = (1 << (self.words * 64)) - 1
+        _put_array(t["ones"], 0, [self._bits(ones)])
+        for name, table in (("src4", c.src4), ("dst4", c.dst4), ("src6", c.src6), ("dst6", c.dst6)):
+            lpm = t[name]
+            for net, bits in table:
+                key = lpm.Key(prefixlen=8 + net.prefixlen, version=v)
+                ctypes.memmove(ctypes.addressof(key) + 5, net.network_address.packed, len(net.network_address.packed))
+                lpm[key] = lpm.Leaf.from_buffer_copy(self._bits(bits))
+        _put_array(t["proto"], v * 256, [self._bits(b) for b in c.proto])
+        for f in ("sport", "dport"):
+            classes = getattr(c, f"{f}_class")
+            bits = getattr(c, f"{f}_bits")
+            if len(bits) > self.port_classes:
+                raise ValueError(f"{len(bits)} port classes exceed the map's {self.port_classes}")
+            _put_array(t[f"{f}_class"], v * 65536, [x.to_bytes(4, "little") for x in classes])
+            _put_array(t[f"{f}_bits"], v * self.port_classes, [self._bits(b) for b in bits])
+        _put_array(t["flags"], v * 257, [self._bits(b) for b in c.flags])
+        _put_array(t["icmp"], v * 257, [self._bits(b) for b in c.icmp])
+        _put_array(t["ct_bits"], v * (len(CT_STATES) + 1), [self._bits(b) for b in c.ct])
+        iif = t["iif"]
+        iif[iif.Key(version=v, ifindex=0)] = iif.Leaf.from_buffer_copy(self._bits(c.iif_other))
+        for name, bits in c.iif.items():
+            index = self.ctx.resolve_ifindex(name) if self.ctx.resolve_ifindex else None
+            if index:
+                iif[iif.Key(version=v, ifindex=index)] = iif.Leaf.from_buffer_copy(self._bits(bits))
+        verdicts = [VERDICT[r.action] if r.action != "goto" else LABEL_BASE + self.ctx.label_ids[r.label]
+                    for r in self.params.rules]
+        _put_array(t["actions"], v * self.words * 64,
+                   [x.to_bytes(4, "little", signed=True) for x in verdicts])
+
+    def _clear_hashed(self, v: int) -> None:
+        """Drop the old version's prefix and interface entries (arrays are just overwritten)."""
+        for name in ("src4", "dst4", "src6", "dst6", "iif"):
+            table = self.t[name]
+            for key in list(table.keys()):
+                if key.version == v:
+                    del table[key]
+
+    def _zero_hits(self) -> None:
+        n = self.words * 64 + 1
+        _put_array(self.t["hits"], 0, [bytes(8 * bpfsys.possible_cpus())] * n)
+
+
+def _put_array(table, start: int, values: list[bytes]) -> None:
+    """Write consecutive array entries in one batch syscall."""
+    if values:
+        keys = b"".join((start + i).to_bytes(4, "little") for i in range(len(values)))
+        bpfsys.update_batch(table.map_fd, keys, b"".join(values), len(values))
