@@ -37,13 +37,15 @@ def deployed():
     _need_bpf()
     cache: dict = {}
 
-    def make(text: str, mode: str = "tailcall", tag: str | None = None):
-        key = (text, mode)
+    def make(text: str, mode: str = "tailcall", tag: str | None = None, attach=()):
+        """attach: where to attach (IF@NETNS); interfaces named in the chain are
+        looked up in the first one's namespace."""
+        key = (text, mode, tuple(attach))
         if key not in cache:
             chain = Chain.from_yaml_text(text).with_mode(mode)
             name = chain_name(tag or f"{len(cache)}{mode[0]}")
             chain = Chain(chain.spec.with_changes(name=name))
-            cache[key] = chain.deploy(attach=[])
+            cache[key] = chain.deploy(attach=list(attach))
         return cache[key]
 
     yield make

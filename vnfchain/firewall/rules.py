@@ -105,7 +105,7 @@ class Rule(Params):
                 raise ValueError(f"'{item}' is not a CIDR; write 198.18.0.0/24 or 2001:db8::/32") from None
         return out
 
-    @field_validator("proto")
+    @field_validator("proto", mode="before")  # before: pydantic would read true as 1
     @classmethod
     def _proto(cls, v):
         if v is None:
@@ -115,6 +115,14 @@ class Rule(Params):
         if isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= 255:
             return v
         raise ValueError(f"unknown protocol {v!r}; use tcp, udp, icmp, icmpv6 or a number 0-255")
+
+    @field_validator("sport", "dport", mode="before")
+    @classmethod
+    def _no_bool_ports(cls, v):
+        # pydantic would read true as port 1 before parse_ports could refuse it
+        if v is not None and any(isinstance(item, bool) for item in _as_list(v)):
+            raise ValueError(f"{v!r} is not a port; write 80, \"8000-8080\" or a list of them")
+        return v
 
     @field_validator("sport", "dport")
     @classmethod
@@ -163,6 +171,10 @@ class Rule(Params):
     @field_serializer("sport", "dport")
     def _ports_out(self, v):
         return None if v is None else [lo if lo == hi else f"{lo}-{hi}" for lo, hi in v]
+
+    @field_serializer("ct")
+    def _ct_out(self, v):
+        return None if v is None else list(v)
 
     @field_serializer("flags")
     def _flags_out(self, v):

@@ -85,7 +85,6 @@ class Firewall(FunctionType):
         specs = [MapSpec(name, "lpm_trie", size, "prefix -> candidate rules") for name, size in lpm.items()]
         specs += [
             MapSpec("cfg", "array", 1, "active version; per version: used fields, default, hash"),
-            MapSpec("ones", "array", 1, "all-ones bit vector, for fields no rule uses"),
             MapSpec("proto", "array", 2 * 256, "protocol -> candidate rules"),
             MapSpec("sport_class", "array", 2 * 65536, "source port -> interval class"),
             MapSpec("dport_class", "array", 2 * 65536, "destination port -> interval class"),
@@ -188,8 +187,6 @@ class RulesetWriter:
 
     def _fill(self, v: int, c) -> None:
         t = self.t
-        ones = (1 << (self.words * 64)) - 1
-        _put_array(t["ones"], 0, [self._bits(ones)])
         for name, table in (("src4", c.src4), ("dst4", c.dst4), ("src6", c.src6), ("dst6", c.dst6)):
             lpm = t[name]
             for net, bits in table:
