@@ -5,8 +5,8 @@ tests as the correctness oracle for ``rules.first_match`` and the XDP program.
     subprocess.run(["nft", "-f", "-"], input=text, text=True, check=True)
 
 gives one table ``inet vcfw`` with one base chain ``filter``; rule ``i`` becomes
-one nft rule commented ``rule i`` (so ``nft -j list`` maps counters back to
-rules), and with ``counters=True`` a last rule ``counter comment "default"``
+one nft rule (or a few, see fragments below) commented ``rule i`` (so
+``nft -j list`` maps counters back to rules), and with ``counters=True`` a last rule ``counter comment "default"``
 counts what falls through to the chain policy.
 
 Translation, field by field::
@@ -31,13 +31,21 @@ Why these choices (and where nft's semantics and ours meet):
 - A goto is a branch of the chain graph, which nft cannot express; it becomes
   ``accept`` with a packet mark per label, so that a test can tell "goto LABEL"
   apart from "allow" (the mark is visible to later hooks of the same netns).
-- Fragments: nft evaluates ``th``, ``tcp flags`` and ``icmp type`` only when the
-  fragment offset is 0 (``pkt->fragoff``); on a later fragment they do not
-  match, exactly as our model's ``Packet`` with ``sport``/``dport``/
-  ``tcp_flags``/``icmp_type`` = None. ``meta l4proto`` matches every fragment,
-  as ``proto`` does in our model. A *first* fragment carries its transport
-  header and matches ports in both. (Without conntrack in the netns nothing
-  reassembles fragments before the hook, so the oracle sees them one by one.)
+- Fragments: here nft and our model differ, and the translation makes nft
+  follow ours. In our model a later (non-first) fragment has no ports, TCP
+  flags or ICMP type (``Packet`` fields None), so a rule naming any of them
+  cannot match it -- as iptables' ``-p tcp --dport`` behaves. nft, on kernel
+  6.18, *does* match ``th dport``, ``tcp flags`` and ``icmp type`` against the
+  first bytes of a later fragment's payload (observed by the oracle test with a
+  bait header in a fragment at offset 24; the kernel's payload fast path reads
+  at the transport offset without looking at the fragment offset). So a rule
+  that reads transport fields is guarded: ``ip frag-off & 0x1fff == 0`` for
+  IPv4, ``exthdr frag missing`` or ``frag frag-off 0`` for IPv6 -- a rule of
+  either family becomes two or three adjacent, mutually exclusive nft rules
+  with the same comment. ``meta l4proto`` matches every fragment, as ``proto``
+  does in our model; a *first* fragment carries its transport header and
+  matches ports in both. (Without conntrack in the netns nothing reassembles
+  fragments before the hook, so the oracle sees them one by one.)
 - For IPv6, ``meta l4proto`` is the transport protocol after extension headers;
   our ``Packet.proto`` is meant the same way.
 - Conntrack: ``ct state`` is translated, but nft's conntrack differs from ours
@@ -98,16 +106,40 @@ def ruleset(rules: list[Rule], default: str = "drop", *, table: str = TABLE, cha
         lines += [f"add table inet {table}", f"delete table inet {table}"]
     lines += [f"table inet {table} {{", f"\tchain {chain} {{",
               f"\t\ttype filter hook {hook} priority {priority}; policy {policy};"]
-    lines += [f"\t\t{rule_text(rule, i, counter=counters, marks=marks)}" for i, rule in enumerate(rules)]
+    for i, rule in enumerate(rules):
+        lines += [f"\t\t{line}" for line in rule_text(rule, i, counter=counters, marks=marks).splitlines()]
     if counters:
         lines.append('\t\tcounter comment "default"')
     lines += ["\t}", "}"]
     return "\n".join(lines) + "\n"
 
 
+#: "this is not a later fragment", per family: the transport header is really there
+FIRST_FRAGMENT_GUARDS = {
+    4: ["ip frag-off & 0x1fff == 0"],
+    6: ["exthdr frag missing", "frag frag-off 0"],
+}
+
+
 def rule_text(rule: Rule, index: int, *, counter: bool = False, marks: dict[str, int] | None = None) -> str:
-    """One rule as one nft rule (matches, then statements), commented ``rule INDEX``."""
-    parts = _matches(rule)
+    """Rule ``index`` as nft rules (one per line; several when it reads transport
+    fields, see the fragment note above), each commented ``rule INDEX``."""
+    matches = _matches(rule)
+    reads_transport = rule.sport or rule.dport or rule.flags or rule.icmp_type is not None
+    if not reads_transport:
+        return _one_rule(rule, index, matches, counter, marks)
+    lines = []
+    for family in (4, 6) if rule.family is None else (rule.family,):
+        for guard in FIRST_FRAGMENT_GUARDS[family]:
+            head = [] if rule.family is not None else [f"meta nfproto ipv{family}"]
+            # the guard right after the family/address matches, before any transport field
+            at = sum(1 for m in matches if m.startswith(("meta nfproto", "ip ", "ip6 ")))
+            lines.append(_one_rule(rule, index, head + matches[:at] + [guard] + matches[at:], counter, marks))
+    return "\n".join(lines)
+
+
+def _one_rule(rule: Rule, index: int, matches: list[str], counter: bool, marks: dict[str, int] | None) -> str:
+    parts = list(matches)
     if counter:
         parts.append("counter")
     if rule.action == "allow":
@@ -115,7 +147,7 @@ def rule_text(rule: Rule, index: int, *, counter: bool = False, marks: dict[str,
     elif rule.action == "drop":
         parts.append("drop")
     else:
-        mark = (marks or goto_marks([rule])).get(rule.label)
+        mark = (goto_marks([rule]) if marks is None else marks).get(rule.label)
         if mark is None:
             raise ValueError(f"goto label '{rule.label}' of rule {index} has no mark")
         parts.append(f"meta mark set {mark:#x} accept")

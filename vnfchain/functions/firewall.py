@@ -28,6 +28,7 @@ from ..firewall.rules import CT_STATES, Rule
 from .base import FunctionType, MapSpec, Params, headroom
 
 VERDICT = {"allow": 0, "drop": 1}   # VC_CONTINUE, VC_DROP
+SHADOW_CHECK_LIMIT = 2000
 LABEL_BASE = 16
 
 
@@ -80,8 +81,8 @@ class Firewall(FunctionType):
 
     def maps(self, params):
         w = words(params)
-        lpm = {f"{f}{fam}": 2 * headroom(prefixes(params, f, fam) + 1, 16)
-               for f in ("src", "dst") for fam in (4, 6)}
+        lpm = {f: 2 * headroom(prefixes(params, f, 4) + prefixes(params, f, 6) + 2, 16)
+               for f in ("src", "dst")}
         specs = [MapSpec(name, "lpm_trie", size, "prefix -> candidate rules") for name, size in lpm.items()]
         specs += [
             MapSpec("cfg", "array", 1, "active version; per version: used fields, default, hash"),
@@ -116,6 +117,9 @@ class Firewall(FunctionType):
 
     def warnings(self, params):
         from ..firewall.rules import shadowed
+        if len(params.rules) > SHADOW_CHECK_LIMIT:
+            return [(("rules",), f"{len(params.rules)} rules: the shadowed-rule check (quadratic) "
+                                 f"runs up to {SHADOW_CHECK_LIMIT} rules only", None)]
         return [(("rules", later), f"rule {later} can never match: rule {earlier} before it matches "
                                    f"everything it does", ("rules", earlier))
                 for earlier, later in shadowed(params.rules)]
@@ -187,11 +191,11 @@ class RulesetWriter:
 
     def _fill(self, v: int, c) -> None:
         t = self.t
-        for name, table in (("src4", c.src4), ("dst4", c.dst4), ("src6", c.src6), ("dst6", c.dst6)):
+        for name, table in (("src", c.src4 + c.src6), ("dst", c.dst4 + c.dst6)):
             lpm = t[name]
             for net, bits in table:
-                key = lpm.Key(prefixlen=8 + net.prefixlen, version=v)
-                ctypes.memmove(ctypes.addressof(key) + 5, net.network_address.packed, len(net.network_address.packed))
+                key = lpm.Key(prefixlen=16 + net.prefixlen, version=v, family=net.version)
+                ctypes.memmove(ctypes.addressof(key) + 6, net.network_address.packed, len(net.network_address.packed))
                 lpm[key] = lpm.Leaf.from_buffer_copy(self._bits(bits))
         _put_array(t["proto"], v * 256, [self._bits(b) for b in c.proto])
         for f in ("sport", "dport"):
@@ -217,7 +221,7 @@ class RulesetWriter:
 
     def _clear_hashed(self, v: int) -> None:
         """Drop the old version's prefix and interface entries (arrays are just overwritten)."""
-        for name in ("src4", "dst4", "src6", "dst6", "iif"):
+        for name in ("src", "dst", "iif"):
             table = self.t[name]
             for key in list(table.keys()):
                 if key.version == v:
