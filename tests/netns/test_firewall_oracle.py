@@ -38,8 +38,17 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from tests.firewall_oracle import (LABELS, RandomPick, Wire, describe, packet_lists, random_packets,
-                                   random_rules, rule_lists, verdict)
+from tests.firewall_oracle import (
+    LABELS,
+    RandomPick,
+    Wire,
+    describe,
+    packet_lists,
+    random_packets,
+    random_rules,
+    rule_lists,
+    verdict,
+)
 from tests.testbed_fixtures import bed_name
 from vnfchain.firewall import nft
 from vnfchain.firewall.lbvs import compile_rules
@@ -92,7 +101,7 @@ class OracleBed:
         self.tx: dict[str, socket.socket] = {}
         self.rx: socket.socket | None = None
 
-    def open(self) -> "OracleBed":
+    def open(self) -> OracleBed:
         tb = self.tb
         self.fw_mac = {ifname: tb.mac("fw", ifname) for ifname in IFACES}
         self.snd_mac = {ifname: tb.mac("snd", SENDER_IF[ifname]) for ifname in IFACES}
@@ -187,7 +196,7 @@ class OracleBed:
             self.rx.settimeout(0.05 if len(seen) >= expected else left)
             try:
                 data, addr = self.rx.recvfrom(65536)
-            except socket.timeout:
+            except TimeoutError:
                 break
             if addr[2] == PACKET_OUTGOING:
                 continue
@@ -340,8 +349,8 @@ def test_long_rulesets_agree_with_nftables(oracle_bed, n, seed, default):
 # --- hand-picked cases: what the property relies on -----------------------------------
 
 def _wire(frag="whole", **fields) -> Wire:
-    base = dict(family=4, src="198.18.1.1", dst="198.18.2.2", proto=6, sport=1000, dport=22,
-                tcp_flags=0x02, iif="fw-in0")
+    base = {"family": 4, "src": "198.18.1.1", "dst": "198.18.2.2", "proto": 6, "sport": 1000, "dport": 22,
+            "tcp_flags": 0x02, "iif": "fw-in0"}
     base.update(fields)
     return Wire(Packet(**base), frag)
 

@@ -24,7 +24,7 @@ from ..errors import SpecError, VnfchainError
 
 # piped output (CI logs, demo.sh | tee) gets room for the stats table
 out = Console(highlight=False, width=None if sys.stdout.isatty() else 132)
-err = Console(stderr=True, highlight=False)
+err = Console(stderr=True, highlight=False, soft_wrap=True)  # messages never wrap mid-path
 
 
 def _load(path: str, mode: str | None = None) -> Chain:
@@ -80,7 +80,8 @@ def _param_rows(model, prefix=""):
         type_text = _type_text(ann)
         yield (prefix + name, type_text, default, field.description or "")
         if nested is not None:
-            yield from _param_rows(nested, prefix=f"{prefix}{name}[].")
+            is_list = "list" in _type_text(ann)
+            yield from _param_rows(nested, prefix=f"{prefix}{name}{'[]' if is_list else ''}.")
 
 
 def _nested_model(ann):

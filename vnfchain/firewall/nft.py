@@ -64,7 +64,7 @@ which is where a chain's firewall sits. ``prerouting`` and ``input`` work too
 from __future__ import annotations
 
 import ipaddress
-from typing import Iterable
+from collections.abc import Iterable
 
 from .rules import Rule
 

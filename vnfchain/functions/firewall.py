@@ -60,6 +60,17 @@ def words(params) -> int:
     return max(1, math.ceil(max(len(params.rules), 1) * 1.25 / 64))
 
 
+def words_alloc(params) -> int:
+    n = 1
+    while n < words(params):
+        n *= 2
+    return n
+
+
+def summary_words(params) -> int:
+    return math.ceil(words(params) / 64)
+
+
 def port_ranges(params, field: str) -> int:
     return sum(len(getattr(r, field) or ()) for r in params.rules)
 
@@ -108,6 +119,8 @@ class Firewall(FunctionType):
     def template_vars(self, params, ctx):
         return {
             "words": words(params),
+            "summary_words": summary_words(params),
+            "words_alloc": words_alloc(params),
             "port_classes": port_classes(params),
             "conntrack": int(params.conntrack),
             "non_ip": "VC_CONTINUE" if params.non_ip == "allow" else "VC_DROP",
@@ -187,7 +200,13 @@ class RulesetWriter:
         return int.from_bytes(hashlib.sha256(dump.encode()).digest()[:4], "little")
 
     def _bits(self, value: int) -> bytes:
-        return value.to_bytes(self.words * 8, "little")
+        """A bit vector as the kernel reads it: summary words, then the words."""
+        summary = 0
+        for j in range(self.words):
+            if (value >> (64 * j)) & 0xFFFFFFFFFFFFFFFF:
+                summary |= 1 << j
+        return (summary.to_bytes(summary_words(self.params) * 8, "little")
+                + value.to_bytes(words_alloc(self.params) * 8, "little"))
 
     def _fill(self, v: int, c) -> None:
         t = self.t
