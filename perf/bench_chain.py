@@ -26,7 +26,7 @@ from vnfchain import Chain  # noqa: E402
 from vnfchain.testrun import run_xdp  # noqa: E402
 
 LENGTHS = (1, 2, 4, 8, 16, 32)
-PACKET = bytes(Ether() / IP(src="198.18.1.2", dst="198.18.2.2") / UDP(sport=1024, dport=9) / (b"x" * 18))
+PACKET = bytes(Ether(src="02:00:00:00:00:01", dst="02:00:00:00:00:02") / IP(src="198.18.1.2", dst="198.18.2.2") / UDP(sport=1024, dport=9) / (b"x" * 18))
 RESULTS = Path(__file__).resolve().parent / "results"
 
 

@@ -30,8 +30,8 @@ from vnfchain.testrun import run_xdp  # noqa: E402
 
 SIZES = (10, 100, 1000, 10000)
 RESULTS = Path(__file__).resolve().parent / "results"
-LAST = bytes(Ether() / IP(src="198.19.200.1", dst="198.19.201.1") / TCP(sport=4242, dport=4242, flags="S"))
-MISS = bytes(Ether() / IP(src="198.19.250.1", dst="198.19.251.1") / TCP(sport=4343, dport=4343, flags="S"))
+LAST = bytes(Ether(src="02:00:00:00:00:01", dst="02:00:00:00:00:02") / IP(src="198.19.200.1", dst="198.19.201.1") / TCP(sport=4242, dport=4242, flags="S"))
+MISS = bytes(Ether(src="02:00:00:00:00:01", dst="02:00:00:00:00:02") / IP(src="198.19.250.1", dst="198.19.251.1") / TCP(sport=4343, dport=4343, flags="S"))
 
 
 def random_rule(rng: random.Random) -> str:

@@ -185,8 +185,28 @@ def _join_netns(path: str) -> None:
         os.close(fd)
 
 
+PLACEHOLDER_SRC = "02:00:00:00:00:01"
+PLACEHOLDER_DST = "02:00:00:00:00:02"
+
+
+def frame_bytes(packet: "bytes | Packet") -> bytes:
+    """The frame to run. An Ethernet header left without addresses gets fixed,
+    locally administered ones: scapy would otherwise look the destination up —
+    sending ARP requests from this machine — just to build the bytes."""
+    if isinstance(packet, (bytes, bytearray)):
+        return bytes(packet)
+    from scapy.layers.l2 import Ether
+    if packet.haslayer(Ether):
+        eth = packet[Ether]
+        if eth.dst is None:
+            eth.dst = PLACEHOLDER_DST
+        if eth.src is None:
+            eth.src = PLACEHOLDER_SRC
+    return bytes(packet)
+
+
 def _frame_bytes(prog_fd: int, packet: "bytes | Packet") -> bytes:
-    frame = bytes(packet)
+    frame = frame_bytes(packet)
     if len(frame) < ETH_HLEN:
         raise DeployError(f"test run of program fd {prog_fd}: the frame is {len(frame)} bytes, "
                           f"but XDP needs at least an Ethernet header ({ETH_HLEN} bytes)")

@@ -128,7 +128,7 @@ def test_ingress_interface(fw):
 
 def test_non_ip_passes(fw):
     _, run = fw
-    assert run(Ether() / ARP(psrc=C, pdst=S)).action == "XDP_PASS"
+    assert run(Ether(src="02:00:00:00:00:01", dst="02:00:00:00:00:02") / ARP(psrc=C, pdst=S)).action == "XDP_PASS"
 
 
 CONNTRACK = """

@@ -115,7 +115,7 @@ functions:
 @pytest.mark.parametrize("mode", MODES)
 def test_named_interface_redirects_unchanged(deployed, mode):
     dep = deployed(WIRE_CHAIN, mode)
-    sent = Ether() / IP(src="198.18.1.2", dst="198.18.2.2") / UDP(dport=9)
+    sent = Ether(src="02:00:00:00:00:01", dst="02:00:00:00:00:02") / IP(src="198.18.1.2", dst="198.18.2.2") / UDP(dport=9)
     result = dep.run(sent)
     assert result.action == "XDP_REDIRECT"
     assert result.data == bytes(sent)

@@ -33,7 +33,7 @@ BROKEN = BASE.replace("verdict: {verdict}}}", "verdict: {verdict}, next: out}}")
 
 
 def tcp(port):
-    return Ether() / IP(src="198.18.1.2", dst="198.18.2.2") / TCP(dport=port)
+    return Ether(src="02:00:00:00:00:01", dst="02:00:00:00:00:02") / IP(src="198.18.1.2", dst="198.18.2.2") / TCP(dport=port)
 
 
 def prog_ids(dep):

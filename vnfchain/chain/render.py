@@ -163,10 +163,19 @@ _VC_MAP = re.compile(r'VC_MAP(?:_F)?\(\s*"(\w+)"\s*,\s*([^,]+?)\s*,\s*([^,]+?)\s
 def _map_pins(body: str, pin_dir: str) -> dict[str, str]:
     """Pin path of every map the body declares, named by its definition's fingerprint."""
     pins = {}
+    macros = dict(re.findall(r"^#define\s+(\w+)\s+(.+?)\s*$", body, re.M))
     for kind, key, value, name, size in _VC_MAP.findall(body):
         definition = "|".join([kind, _type_text(body, key), _type_text(body, value), size])
-        pins[name] = f"{pin_dir}/maps/{name}-{_digest(definition)[:8]}"
+        pins[name] = f"{pin_dir}/maps/{name}-{_digest(_expand(definition, macros))[:8]}"
     return pins
+
+
+def _expand(text: str, macros: dict[str, str]) -> str:
+    """The body's own #define constants substituted (twice, for one level of
+    nesting): a struct sized by FW_WORDS changes when FW_WORDS does."""
+    for _ in range(2):
+        text = re.sub(r"\b\w+\b", lambda m: macros.get(m.group(0), m.group(0)), text)
+    return text
 
 
 def _type_text(body: str, ctype: str) -> str:

@@ -45,6 +45,8 @@ def build_packet(expression: str):
                         f"e.g. \"Ether()/IP(dst='198.18.0.100')/TCP(dport=80)\"") from None
     if not hasattr(packet, "build"):
         raise SpecError(f"'{expression}' is not a packet; write scapy layers, e.g. Ether()/IP()/TCP()")
+    from ..testrun import frame_bytes
+    frame_bytes(packet)   # fixes unset MAC addresses so that building never sends ARP
     return packet
 
 

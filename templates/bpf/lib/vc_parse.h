@@ -24,12 +24,17 @@ static __always_inline void vc_parse_l4(struct xdp_md *ctx, struct vc_meta *meta
 		meta->sport = udp->source;
 		meta->dport = udp->dest;
 	} else if (meta->ip_proto == IPPROTO_ICMP || meta->ip_proto == IPPROTO_ICMPV6) {
-		struct vc_icmphdr *icmp = vc_at(ctx, meta->l4_off, sizeof(*icmp));
-		if (!icmp)
+		/* type and code are all an ICMP message must have; echo adds the identifier */
+		__u8 *tc = vc_at(ctx, meta->l4_off, 2);
+		struct vc_icmphdr *icmp;
+
+		if (!tc)
 			return;
-		meta->icmp_type = icmp->type;
-		meta->icmp_code = icmp->code;
-		meta->sport = icmp->id;
+		meta->icmp_type = tc[0];
+		meta->icmp_code = tc[1];
+		icmp = vc_at(ctx, meta->l4_off, sizeof(*icmp));
+		if (icmp)
+			meta->sport = icmp->id;
 	}
 }
 
