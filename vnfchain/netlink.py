@@ -98,3 +98,12 @@ def xdp_detach(index: int, mode: str, netns: str | None = None, expected_fd: int
     except AttachError:
         return False  # the namespace is gone, and its interfaces with it
     return True
+
+
+def ipv4_addresses(ifname: str, netns: str | None = None) -> list[str]:
+    """The IPv4 addresses of an interface, primary first."""
+    index = ifindex(ifname, netns)
+    if not index:
+        return []
+    with route(netns) as ipr:
+        return [a.get_attr("IFA_ADDRESS") for a in ipr.get_addr(family=2, index=index)]

@@ -184,8 +184,10 @@ def _build(spec: ChainSpec, pin_dir: Path, generation: int, say: Progress) -> _B
 
 def _populate(spec: ChainSpec, loaded: LoadedUnit) -> None:
     resolve = _resolver(spec)
+    netns = spec.attach[0].netns if spec.attach else None
     for f in spec.functions:
-        ctx = context_for(spec, f, resolve_ifindex=resolve)
+        ctx = context_for(spec, f, resolve_ifindex=resolve,
+                          resolve_ipv4=lambda ifname: netlink.ipv4_addresses(ifname, netns))
         f.ftype.populate(_FunctionTables(loaded.bpf, f.name), f.params, ctx)
 
 
@@ -572,6 +574,11 @@ class Deployment:
     def undeploy(self) -> list[str]:
         return undeploy(self.name)
 
+    def state(self) -> dict[str, tuple[list[str], list[list[str]]]]:
+        """Live state of the functions that keep some (e.g. NAT translations):
+        {function: (columns, rows)}."""
+        return _function_state(self)
+
     def stats(self) -> dict[str, dict[str, Any]]:
         """Counters per function (and '(entry)'), summed over CPUs."""
         names = self.record["counters"]
@@ -589,6 +596,15 @@ class Deployment:
             reader = MapReader(self.record["maps"], f.name)
             out[f.name].update(f.ftype.read_counters(reader, f.params))
         return out
+
+
+def _function_state(dep: "Deployment") -> dict:
+    out = {}
+    for f in dep.spec.functions:
+        rows = f.ftype.state_rows(MapReader(dep.record["maps"], f.name), f.params)
+        if rows is not None:
+            out[f.name] = rows
+    return out
 
 
 class MapReader:

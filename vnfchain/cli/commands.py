@@ -264,6 +264,11 @@ def status(name):
         out.print(f"attached: {a['interface']}@{a['netns'] or 'root'} ifindex {a['ifindex']} ({a['mode']})")
     problems = d.health()
     out.print("health: ok" if not problems else "health: " + "; ".join(problems))
+    for name, (columns, rows) in d.state().items():
+        state_table = Table(*columns, title=f"{name}: {len(rows)} live entries", box=None)
+        for row in rows:
+            state_table.add_row(*row)
+        out.print(state_table)
 
 
 @cli.command()

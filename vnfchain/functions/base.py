@@ -54,6 +54,7 @@ class RenderContext:
     label_ids: dict[str, int] = field(default_factory=dict)
     netns: str | None = None          # netns of the chain's first attach point
     resolve_ifindex: Any = None       # callable(ifname) -> int, available at deploy time
+    resolve_ipv4: Any = None          # callable(ifname) -> [addresses], available at deploy time
 
 
 class FunctionType:
@@ -85,6 +86,11 @@ class FunctionType:
         """Make the maps hold what the config says; ``tables[name]`` is a BCC
         table. Runs at deploy and again on every live change, on maps that may
         already hold an older config (see ``replace_contents``)."""
+
+    def state_rows(self, maps, params) -> tuple[list[str], list[list[str]]] | None:
+        """Live state worth listing in ``vnfchain status`` (columns, rows), e.g.
+        NAT translations; None when the type keeps none."""
+        return None
 
     def read_counters(self, maps, params) -> dict[str, int]:
         """Own counters for ``stats``; ``maps.sum_percpu(name, key)`` etc."""

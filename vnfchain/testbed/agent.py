@@ -5,7 +5,10 @@
     python agent.py udp-echo --port 7
 
 ``http`` answers ``GET`` on any path with the host's name and a newline, so a
-client (or a load balancer test) can tell which host answered. The echo
+client (or a load balancer test) can tell which host answered; ``GET /whoami``
+answers instead with the client's address as this server saw it
+(``ip:port`` and a newline), so a NAT test can tell which address and port a
+connection arrived from. The echo
 servers send back exactly what they receive. They bind 0.0.0.0 and run until
 SIGTERM. Only the standard library is used, and the file is run as a script
 (not through the vnfchain package), so a service starts in milliseconds.
@@ -20,12 +23,19 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 
 def _http(port: int, name: str) -> socketserver.BaseServer:
-    body = (name + "\n").encode()
+    name_body = (name + "\n").encode()
 
     class NameHandler(BaseHTTPRequestHandler):
         server_version = "vnfchain-testbed"
 
+        def _body(self) -> bytes:
+            if self.path.split("?", 1)[0] == "/whoami":
+                host, port = self.client_address[:2]
+                return f"{host}:{port}\n".encode()
+            return name_body
+
         def do_GET(self):
+            body = self._body()
             self.send_response(200)
             self.send_header("Content-Type", "text/plain")
             self.send_header("Content-Length", str(len(body)))
@@ -34,7 +44,7 @@ def _http(port: int, name: str) -> socketserver.BaseServer:
 
         def do_HEAD(self):
             self.send_response(200)
-            self.send_header("Content-Length", str(len(body)))
+            self.send_header("Content-Length", str(len(self._body())))
             self.end_headers()
 
         def log_message(self, fmt, *args):  # one line per request, on stderr (the service log)

@@ -102,7 +102,8 @@ class Route(_Model):
 class Service(_Model):
     """A process started in the host's namespace, ready once ``port`` listens.
 
-    ``http`` answers ``GET /`` with the host's name; ``tcp-echo`` and ``udp-echo``
+    ``http`` answers ``GET /`` with the host's name (``GET /whoami`` with the
+    client's ``ip:port`` as the server saw it); ``tcp-echo`` and ``udp-echo``
     send back what they receive; ``command`` runs ``argv`` as given."""
 
     type: Literal["http", "tcp-echo", "udp-echo", "command"]
