@@ -175,3 +175,21 @@ def test_status_lists_live_translations(nat):
     assert columns[:4] == ["proto", "inside", "translated", "remote"]
     assert any(r[0] == "udp" and r[1] == f"{LAN_HOST}:6001" and r[3] == f"{REMOTE}:123" for r in rows)
     assert dep.stats()["nat"]["translations"] == len(rows)
+
+
+def test_icmp_error_about_a_translated_flow_is_translated_back(nat):
+    from scapy.layers.inet import IPerror, UDPerror
+    _, run = nat
+    out = run(eth(IP(src=LAN_HOST, dst=REMOTE) / UDP(sport=6100, dport=33434) / b"probe"), "lan")
+    quoted = IP(bytes(out.packet[IP]))   # what the remote end received, checksums and all
+    error = eth(IP(src="198.18.100.254", dst=NAT) / ICMP(type=3, code=3) / IPerror(bytes(quoted)))
+    back = run(error, "wan")
+    got = back.packet
+    assert got[IP].dst == LAN_HOST
+    assert got[IPerror].src == LAN_HOST and got[UDPerror].sport == 6100
+    assert checksums_valid(back.data)
+    inner = IP(bytes(got[IPerror]))
+    recomputed = inner.copy()
+    del recomputed.chksum
+    del recomputed[UDP].chksum
+    assert bytes(IP(bytes(recomputed))) == bytes(inner)   # the quoted headers' checksums too
