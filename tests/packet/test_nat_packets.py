@@ -59,7 +59,7 @@ def gateways():
     """One gateway namespace per chain mode: {mode: (netns, {ifname: ifindex})}."""
     made = {}
     try:
-        for mode in MODES:
+        for mode in MODES + ("small",):
             ns = f"{NS}{mode[0]}"
             made[mode] = (ns, make_gateway(ns))
         yield made
@@ -193,3 +193,27 @@ def test_icmp_error_about_a_translated_flow_is_translated_back(nat):
     del recomputed.chksum
     del recomputed[UDP].chksum
     assert bytes(IP(bytes(recomputed))) == bytes(inner)   # the quoted headers' checksums too
+
+
+SMALL = """
+name: natsmall
+functions:
+  nat:
+    type: nat
+    outside: wan0
+    max_flows: 16
+    snat: [{src: 198.18.1.0/24, ports: "20000-20099"}]
+"""
+
+
+def test_a_full_table_drops_new_flows_with_a_named_reason(deployed, gateways):
+    ns, index = gateways["small"]
+    dep = deployed(SMALL, "tailcall", tag="natsmall", attach=[f"lan0@{ns}", f"wan0@{ns}"])
+    outcomes = []
+    for i in range(20):
+        packet = eth(IP(src=LAN_HOST, dst=REMOTE) / UDP(sport=7000 + i, dport=53))
+        outcomes.append(dep.run(packet, ingress_ifindex=index["lan0"], netns=ns).action)
+    assert outcomes[:16] == ["XDP_PASS"] * 16
+    assert outcomes[16:] == ["XDP_DROP"] * 4
+    stats = dep.stats()["nat"]
+    assert stats["drop_nat_table_full"] == 4 and stats["translations"] == 16
