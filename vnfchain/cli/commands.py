@@ -74,7 +74,8 @@ def functions_cmd(type_name):
 
 def _param_rows(model, prefix=""):
     for name, field in model.model_fields.items():
-        default = "required" if field.is_required() else repr(field.default)
+        default = "required" if field.is_required() else (
+            "(below)" if hasattr(field.default, "model_fields") else repr(field.default))
         ann = field.annotation
         nested = _nested_model(ann)
         type_text = _type_text(ann)
