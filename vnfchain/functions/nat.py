@@ -132,11 +132,11 @@ class Nat(FunctionType):
         return ipaddress.IPv4Address(found[0])
 
     def read_counters(self, maps, params):
-        with maps.open("out") as out:
-            return {"translations": sum(1 for _ in out.keys())}
+        return {"translations": len(self.state_rows(maps, params)[1])}
 
     def state_rows(self, maps, params):
-        now = time.clock_gettime_ns(time.CLOCK_MONOTONIC)
+        """Live translations: expired ones (reclaimed lazily by the data path) are left out."""
+        now = time.clock_gettime_ns(time.CLOCK_MONOTONIC)   # bpf_ktime_get_ns's clock
         rows = []
         with maps.open("out") as out:
             for key in out.keys():
@@ -145,11 +145,21 @@ class Nat(FunctionType):
                     continue
                 saddr, daddr, sport, dport, proto = TUPLE.unpack(key)
                 last_seen, addr, port, state = MAPPING.unpack(value[0])
+                idle = (now - last_seen) / 1e9
+                if idle > _timeout(params.timeouts, proto, state):
+                    continue
                 name = {6: "tcp", 17: "udp", 1: "icmp"}.get(proto, str(proto))
                 rows.append([name, _endpoint(saddr, sport), _endpoint(addr, port), _endpoint(daddr, dport),
-                             STATES.get(state, str(state)), f"{(now - last_seen) / 1e9:.0f} s"])
+                             STATES.get(state, str(state)), f"{idle:.0f} s"])
         rows.sort()
         return ["proto", "inside", "translated", "remote", "state", "idle"], rows
+
+
+def _timeout(t: NatTimeouts, proto: int, state: int) -> int:
+    """The data path's timeout for a mapping (nat.bpf.c.j2: *_timeout)."""
+    if proto == 6:
+        return t.tcp_established if state == 1 else t.tcp_transitory
+    return t.udp if proto == 17 else t.icmp
 
 
 def _nets(rule: SnatRule) -> list[ipaddress.IPv4Network]:

@@ -21,6 +21,10 @@ import socketserver
 import sys
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+# socketserver's default listen backlog is 5: a burst of connections (a NAT test opens
+# hundreds at once) would overflow it and wait out SYN retransmits of 1, 2, 4 ... s
+LISTEN_BACKLOG = 1024
+
 
 def _http(port: int, name: str) -> socketserver.BaseServer:
     name_body = (name + "\n").encode()
@@ -50,8 +54,11 @@ def _http(port: int, name: str) -> socketserver.BaseServer:
         def log_message(self, fmt, *args):  # one line per request, on stderr (the service log)
             sys.stderr.write(f"{self.client_address[0]} {fmt % args}\n")
 
-    ThreadingHTTPServer.allow_reuse_address = True
-    return ThreadingHTTPServer(("0.0.0.0", port), NameHandler)
+    class Server(ThreadingHTTPServer):
+        allow_reuse_address = True
+        request_queue_size = LISTEN_BACKLOG
+
+    return Server(("0.0.0.0", port), NameHandler)
 
 
 class _TcpEcho(socketserver.BaseRequestHandler):
@@ -69,6 +76,7 @@ class _UdpEcho(socketserver.BaseRequestHandler):
 class _ThreadingTCP(socketserver.ThreadingTCPServer):
     allow_reuse_address = True
     daemon_threads = True
+    request_queue_size = LISTEN_BACKLOG
 
 
 def main(argv: list[str] | None = None) -> int:
