@@ -11,6 +11,7 @@ import typing
 from pathlib import Path
 
 import click
+from pydantic import BaseModel
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
@@ -75,7 +76,7 @@ def functions_cmd(type_name):
 def _param_rows(model, prefix=""):
     for name, field in model.model_fields.items():
         default = "required" if field.is_required() else (
-            "(below)" if hasattr(field.default, "model_fields") else repr(field.default))
+            "(below)" if isinstance(field.default, BaseModel) else repr(field.default))
         ann = field.annotation
         nested = _nested_model(ann)
         type_text = _type_text(ann)
@@ -86,7 +87,6 @@ def _param_rows(model, prefix=""):
 
 
 def _nested_model(ann):
-    from pydantic import BaseModel
     for arg in typing.get_args(ann) or (ann,):
         if isinstance(arg, type) and issubclass(arg, BaseModel):
             return arg
