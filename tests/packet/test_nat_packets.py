@@ -217,3 +217,21 @@ def test_a_full_table_drops_new_flows_with_a_named_reason(deployed, gateways):
     assert outcomes[16:] == ["XDP_DROP"] * 4
     stats = dep.stats()["nat"]
     assert stats["drop_nat_table_full"] == 4 and stats["translations"] == 16
+
+
+def test_icmp_error_from_a_forwarded_server_leaves_with_the_nat_address(nat):
+    from scapy.layers.inet import IPerror, UDPerror
+    _, run = nat
+    into = run(eth(IP(src=REMOTE, dst=NAT) / UDP(sport=9999, dport=5353) / b"q"), "wan")
+    delivered = IP(bytes(into.packet[IP]))                    # as the inside server got it
+    assert delivered.dst == LAN_SERVER and delivered[UDP].dport == 53
+    error = eth(IP(src=LAN_SERVER, dst=REMOTE) / ICMP(type=3, code=3) / IPerror(bytes(delivered)))
+    out = run(error, "lan")
+    got = out.packet
+    assert got[IP].src == NAT and got[IPerror].dst == NAT and got[UDPerror].dport == 5353
+    assert checksums_valid(out.data)
+    inner = IP(bytes(got[IPerror]))
+    recomputed = inner.copy()
+    del recomputed.chksum
+    del recomputed[UDP].chksum
+    assert bytes(IP(bytes(recomputed))) == bytes(inner)
