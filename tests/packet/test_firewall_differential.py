@@ -7,17 +7,17 @@ from __future__ import annotations
 
 import contextlib
 import os
-import subprocess
 
 import pytest
 from scapy.layers.inet import ICMP, IP, TCP, UDP
 from scapy.layers.inet6 import IPv6, ICMPv6Unknown
 from scapy.layers.l2 import Ether
 
-from vnfchain import Chain, netlink
+from vnfchain import Chain
 from vnfchain.chain import deploy as deploy_mod
 from vnfchain.firewall.rules import first_match
 from tests.chain_fixtures import chain_name
+from tests.scratch_netns import scratch_netns
 from tests.firewall_oracle import RandomPick, random_packets, random_rules, verdict
 
 pytestmark = pytest.mark.root
@@ -68,19 +68,8 @@ def frame(wire):
 
 @pytest.fixture(scope="module")
 def ports():
-    subprocess.run(["ip", "netns", "add", NS], check=True)
-    try:
-        for key in ("all", "default"):
-            subprocess.run(["ip", "netns", "exec", NS, "sysctl", "-qw", f"net.ipv6.conf.{key}.disable_ipv6=1"],
-                           check=True)
-        for dev in IFACES:
-            subprocess.run(["ip", "-n", NS, "link", "add", dev, "type", "veth", "peer", "name", dev + "p"],
-                           check=True)
-            for d in (dev, dev + "p"):
-                subprocess.run(["ip", "-n", NS, "link", "set", d, "up"], check=True)
-        yield {dev: netlink.ifindex(dev, NS) for dev in IFACES}
-    finally:
-        subprocess.run(["ip", "netns", "del", NS], check=False)
+    with scratch_netns(NS, {dev: [] for dev in IFACES}) as (_, index, _ip):
+        yield index
 
 
 @pytest.fixture(scope="module")

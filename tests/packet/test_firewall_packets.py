@@ -4,7 +4,6 @@ table row: description, packet in, expected verdict, the rule that decides."""
 from __future__ import annotations
 
 import os
-import subprocess
 import time
 
 import pytest
@@ -12,9 +11,10 @@ from scapy.layers.inet import ICMP, IP, TCP, UDP, IPerror, UDPerror
 from scapy.layers.inet6 import IPv6
 from scapy.layers.l2 import ARP, Ether
 
-from vnfchain import Chain, netlink
+from vnfchain import Chain
 from vnfchain.chain import deploy as deploy_mod
 from tests.chain_fixtures import MODES, chain_name, delta
+from tests.scratch_netns import scratch_netns
 
 pytestmark = pytest.mark.root
 
@@ -53,21 +53,10 @@ def eth(p):
 
 @pytest.fixture(scope="module")
 def port():
-    """A namespace with veths: packets arrive on fw0 (tail-call chain attached) or
-    fx0 (fused chain attached); rule 11 names fw1. Returns {name: ifindex}."""
-    subprocess.run(["ip", "netns", "add", NS], check=True)
-    try:
-        # no IPv6: router solicitations would reach the attached chain and be counted
-        for key in ("all", "default"):
-            subprocess.run(["ip", "netns", "exec", NS, "sysctl", "-qw",
-                            f"net.ipv6.conf.{key}.disable_ipv6=1"], check=True)
-        for a, b in (("fw0", "fw0p"), ("fx0", "fx0p"), ("fw1", "fw1p")):
-            subprocess.run(["ip", "-n", NS, "link", "add", a, "type", "veth", "peer", "name", b], check=True)
-            for dev in (a, b):
-                subprocess.run(["ip", "-n", NS, "link", "set", dev, "up"], check=True)
-        yield {dev: netlink.ifindex(dev, NS) for dev in ("fw0", "fx0", "fw1")}
-    finally:
-        subprocess.run(["ip", "netns", "del", NS], check=False)
+    """Packets arrive on fw0 (tail-call chain attached) or fx0 (fused chain
+    attached); rule 11 names fw1. Returns {name: ifindex}."""
+    with scratch_netns(NS, {"fw0": [], "fx0": [], "fw1": []}) as (_, index, _ip):
+        yield index
 
 
 @pytest.fixture(params=MODES)

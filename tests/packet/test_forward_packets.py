@@ -3,13 +3,13 @@ FIB lookups, MAC rewrite, TTL and checksum, and what goes to the stack."""
 from __future__ import annotations
 
 import os
-import subprocess
 
 import pytest
 from scapy.layers.inet import IP, TCP, UDP
 from scapy.layers.l2 import ARP, Ether
 
 from tests.chain_fixtures import MODES, delta
+from tests.scratch_netns import scratch_netns
 
 pytestmark = pytest.mark.root
 
@@ -25,33 +25,16 @@ functions:
 """
 
 
-def ip(*args):
-    subprocess.run(["ip", "-n", NS, *args], check=True, capture_output=True)
-
-
 @pytest.fixture(scope="module")
 def router():
-    """Namespace with in0 198.18.1.1/24, out0 198.18.2.1/24 (veths; this kernel
-    has no dummy driver), a
-    permanent neighbour 198.18.2.2, a blackhole for 198.18.3.0/24, forwarding on."""
-    subprocess.run(["ip", "netns", "add", NS], check=True)
-    try:
-        ip("link", "add", "in0", "address", IN_MAC, "type", "veth", "peer", "name", "in0p")
-        ip("link", "add", "out0", "address", OUT_MAC, "type", "veth", "peer", "name", "out0p")
-        ip("link", "set", "in0p", "up")
-        ip("link", "set", "out0p", "up")
-        ip("addr", "add", "198.18.1.1/24", "dev", "in0")
-        ip("addr", "add", "198.18.2.1/24", "dev", "out0")
-        ip("link", "set", "in0", "up")
-        ip("link", "set", "out0", "up")
+    """in0 198.18.1.1/24, out0 198.18.2.1/24 (veths; this kernel has no dummy
+    driver), a permanent neighbour 198.18.2.2, a blackhole for 198.18.3.0/24,
+    forwarding on. Returns {name: ifindex}."""
+    with scratch_netns(NS, {"in0": ["198.18.1.1/24"], "out0": ["198.18.2.1/24"]}, forwarding=True,
+                       macs={"in0": IN_MAC, "out0": OUT_MAC}) as (_, index, ip):
         ip("neigh", "add", "198.18.2.2", "lladdr", NEXT_HOP_MAC, "dev", "out0", "nud", "permanent")
         ip("route", "add", "blackhole", "198.18.3.0/24")
-        subprocess.run(["ip", "netns", "exec", NS, "sysctl", "-qw", "net.ipv4.ip_forward=1"], check=True)
-        out = subprocess.run(["ip", "-n", NS, "-o", "link", "show"], check=True, capture_output=True, text=True).stdout
-        index = {line.split(": ")[1].split("@")[0]: int(line.split(":")[0]) for line in out.splitlines()}
         yield index
-    finally:
-        subprocess.run(["ip", "netns", "del", NS], check=False)
 
 
 def packet(dst="198.18.2.2", ttl=64):

@@ -3,15 +3,15 @@ outside): each translation, its reply, and checksums a receiver accepts — in
 both chain modes."""
 from __future__ import annotations
 
+import contextlib
 import os
-import subprocess
 
 import pytest
 from scapy.layers.inet import ICMP, IP, TCP, UDP
 from scapy.layers.l2 import Ether
 
-from vnfchain import netlink
 from tests.chain_fixtures import MODES, delta
+from tests.scratch_netns import scratch_netns
 
 pytestmark = pytest.mark.root
 
@@ -34,38 +34,18 @@ functions:
 """
 
 
-def make_gateway(ns):
-    """lan0 198.18.1.1/24 (+198.18.2.1/24), wan0 198.18.100.1/24, forwarding on."""
-    def ip(*args):
-        subprocess.run(["ip", "-n", ns, *args], check=True, capture_output=True)
-
-    subprocess.run(["ip", "netns", "add", ns], check=True)
-    for key in ("all", "default"):
-        subprocess.run(["ip", "netns", "exec", ns, "sysctl", "-qw", f"net.ipv6.conf.{key}.disable_ipv6=1"],
-                       check=True)
-    subprocess.run(["ip", "netns", "exec", ns, "sysctl", "-qw", "net.ipv4.ip_forward=1"], check=True)
-    for dev in ("lan0", "wan0"):
-        ip("link", "add", dev, "type", "veth", "peer", "name", dev + "p")
-        ip("link", "set", dev, "up")
-        ip("link", "set", dev + "p", "up")
-    ip("addr", "add", "198.18.1.1/24", "dev", "lan0")
-    ip("addr", "add", "198.18.2.1/24", "dev", "lan0")
-    ip("addr", "add", "198.18.100.1/24", "dev", "wan0")
-    return {dev: netlink.ifindex(dev, ns) for dev in ("lan0", "wan0")}
-
-
 @pytest.fixture(scope="module")
 def gateways():
-    """One gateway namespace per chain mode: {mode: (netns, {ifname: ifindex})}."""
-    made = {}
-    try:
-        for mode in MODES + ("small",):
-            ns = f"{NS}{mode[0]}"
-            made[mode] = (ns, make_gateway(ns))
+    """One gateway namespace per chain (lan0 198.18.1.1/24 and 198.18.2.1/24,
+    wan0 198.18.100.1/24, forwarding on): {name: (netns, {ifname: ifindex})}."""
+    with contextlib.ExitStack() as stack:
+        made = {}
+        for name in MODES + ("small",):
+            ns, index, _ip = stack.enter_context(scratch_netns(
+                f"{NS}{name[0]}", {"lan0": ["198.18.1.1/24", "198.18.2.1/24"], "wan0": ["198.18.100.1/24"]},
+                forwarding=True))
+            made[name] = (ns, index)
         yield made
-    finally:
-        for ns, _ in made.values():
-            subprocess.run(["ip", "netns", "del", ns], check=False)
 
 
 @pytest.fixture(params=MODES)
