@@ -129,3 +129,29 @@ def test_failed_change_leaves_the_running_chain_exactly_as_it_was(chain):
     assert sorted(p.name for p in (dep.pin_dir / "maps").iterdir()) == pins
     assert [p.name for p in dep.pin_dir.iterdir() if p.name.startswith("g")] == [dep.gen_dir.name]
     assert visits(after, tcp(80)) == ("XDP_PASS", ["steer", "web", "tail"])
+
+
+WIRED = """
+name: {name}
+functions:
+  steer:
+    type: classify
+    rules: [{{proto: tcp, dport: {port}, label: web}}]
+    next: {{web: web, default: out}}
+  web: {{type: counter, next: out}}
+  out: {{type: forward, interface: {interface}}}
+"""
+
+
+def test_a_config_change_that_would_fail_half_way_changes_nothing(deployed):
+    name = chain_name("half")
+    dep = Chain.from_yaml_text(WIRED.format(name=name, port=80, interface="lo")).deploy(attach=[])
+    try:
+        assert visits(dep, tcp(80))[1] == ["steer", "web"]
+        with pytest.raises(DeployError) as info:   # new rules, and an interface that is not there
+            Chain.from_yaml_text(WIRED.format(name=name, port=443, interface="vctnosuch3")).deploy(attach=[])
+        assert "vctnosuch3" in info.value.message
+        assert visits(dep, tcp(80))[1] == ["steer", "web"]     # the old rules still run
+        assert visits(dep, tcp(443))[1] == ["steer"]
+    finally:
+        deploy_mod.undeploy(name)

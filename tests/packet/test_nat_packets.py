@@ -215,3 +215,18 @@ def test_icmp_error_from_a_forwarded_server_leaves_with_the_nat_address(nat):
     del recomputed.chksum
     del recomputed[UDP].chksum
     assert bytes(IP(bytes(recomputed))) == bytes(inner)
+
+
+def test_later_fragments_never_leave_with_the_inside_address(nat):
+    dep, run = nat
+    before = dep.stats()
+    fragment = eth(IP(src=LAN_HOST, dst=REMOTE, proto=17, frag=185) / (b"\x00" * 40))
+    assert run(fragment, "lan").action == "XDP_DROP"
+    assert delta(before, dep.stats())["nat"]["drop_nat_fragment"] == 1
+
+
+def test_a_port_forward_opens_only_on_a_syn(nat):
+    _, run = nat
+    stray = eth(IP(src=REMOTE, dst=NAT) / TCP(sport=6666, dport=8080, flags="A"))
+    result = run(stray, "wan")
+    assert result.action == "XDP_PASS" and result.data == bytes(stray)   # untouched, no state made

@@ -27,7 +27,9 @@ from __future__ import annotations
 import contextlib
 import errno
 import json
+import fcntl
 import os
+import re
 import shutil
 import time
 from dataclasses import dataclass
@@ -40,7 +42,7 @@ from .. import bpfsys, netlink
 from ..errors import AttachError, DeployError, EnvironmentError_, NotDeployedError, VnfchainError
 from ..yamlio import Locator
 from .compile import LoadedUnit, compile_unit
-from .model import AttachPoint, ChainSpec, spec_from_dict, spec_to_dict
+from .model import CHAIN_NAME, AttachPoint, ChainSpec, spec_from_dict, spec_to_dict
 from .render import ENTRY, PRELUDE, Unit, context_for, counter_layout, generation_dir, render
 
 
@@ -53,7 +55,15 @@ def run_dir() -> Path:
 
 
 def record_path(name: str) -> Path:
+    _check_name(name)
     return run_dir() / f"{name}.json"
+
+
+def _check_name(name: str) -> None:
+    """A chain name is a path component here: never let one reach another's pins."""
+    if not re.fullmatch(CHAIN_NAME, name or ""):
+        raise NotDeployedError(f"'{name}' is not a chain name ([a-z][a-z0-9-]{{0,22}}); "
+                               f"`vnfchain ls` lists the deployed chains")
 
 
 Progress = Callable[[str], None]
@@ -93,16 +103,32 @@ def check_environment() -> None:
                                 "(scripts/setup.sh does)")
 
 
+@contextlib.contextmanager
+def _locked(name: str):
+    """One deploy, change or undeploy of a chain at a time (a second one waits)."""
+    path = record_path(name).with_suffix(".lock")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            if not record_path(name).exists():   # nothing deployed: leave nothing behind
+                with contextlib.suppress(FileNotFoundError):
+                    path.unlink()
+
+
 def deploy(spec: ChainSpec, *, attach: list[AttachPoint] | None = None,
            progress: Progress | None = None) -> "Deployment":
     """Deploy ``spec``, or change the running chain of that name to it."""
     check_environment()
     if attach is not None:
         spec = spec.with_changes(attach=tuple(attach))
-    record = _read_record(spec.name)
-    if record is not None:
-        return _change(record, spec, progress or _quiet)
-    return _fresh(spec, progress or _quiet)
+    with _locked(spec.name):
+        record = _read_record(spec.name)
+        if record is not None:
+            return _change(record, spec, progress or _quiet)
+        return _fresh(spec, progress or _quiet)
 
 
 def _fresh(spec: ChainSpec, say: Progress) -> "Deployment":
@@ -182,13 +208,28 @@ def _build(spec: ChainSpec, pin_dir: Path, generation: int, say: Progress) -> _B
         raise
 
 
-def _populate(spec: ChainSpec, loaded: LoadedUnit) -> None:
+def _contexts(spec: ChainSpec):
     resolve = _resolver(spec)
     netns = spec.attach[0].netns if spec.attach else None
     for f in spec.functions:
-        ctx = context_for(spec, f, resolve_ifindex=resolve,
-                          resolve_ipv4=lambda ifname: netlink.ipv4_addresses(ifname, netns))
+        yield f, context_for(spec, f, resolve_ifindex=resolve,
+                             resolve_ipv4=lambda ifname: netlink.ipv4_addresses(ifname, netns))
+
+
+def _populate(spec: ChainSpec, loaded: LoadedUnit) -> None:
+    for f, ctx in _contexts(spec):
         f.ftype.populate(_FunctionTables(loaded.bpf, f.name), f.params, ctx)
+
+
+def _preflight(record: dict, spec: ChainSpec, targets) -> None:
+    """What could fail half-way through a live change, checked before it starts:
+    the functions' interfaces, and that interfaces to add are free."""
+    for f, ctx in _contexts(spec):
+        f.ftype.preflight(f.params, ctx)
+    attached = {(a["interface"], a["netns"]) for a in record["attachments"]}
+    for point, index in targets:
+        if (point.interface, point.netns) not in attached and netlink.xdp_state(index, point.netns):
+            raise AttachError(_busy_message(point, index))
 
 
 def _adopt(record: dict, spec: ChainSpec, built: _Built) -> None:
@@ -282,6 +323,7 @@ def _change(record: dict, spec: ChainSpec, say: Progress) -> "Deployment":
         raise DeployError(f"chain '{spec.name}' did not finish deploying; `vnfchain undeploy "
                           f"{spec.name}` first")
     targets = _resolve_attach(spec)
+    _preflight(record, spec, targets)
     pin_dir = Path(record["pin_dir"])
     (unit,) = render(spec, str(pin_dir), generation=record["generation"])
     kind, changed = plan_change(record, unit, spec)
@@ -345,6 +387,7 @@ def _new_generation(record: dict, spec: ChainSpec, targets, say: Progress) -> di
         shutil.rmtree(generation_dir(pin_dir, generation), ignore_errors=True)
         raise
     built.close()
+    _write_record(new)   # the record names the attached generation before the old one goes
     shutil.rmtree(record["gen_dir"], ignore_errors=True)
     return new
 
@@ -360,6 +403,9 @@ def _swap_attachments(old: dict, new: dict, spec: ChainSpec, targets, new_fd: in
         attachments = []
         for point, index in targets:
             current = kept.pop((point.interface, point.netns), None)
+            if current and spec.xdp_mode not in ("auto", current["mode"]):
+                raise AttachError(f"{point} runs the chain in {current['mode']} mode; changing "
+                                  f"xdp_mode of a running chain is not live: undeploy it first")
             if current and not replace:
                 attachments.append(current)
             elif current:
@@ -420,11 +466,14 @@ def _carry_counters(record: dict, spec: ChainSpec, new_gen_dir: Path) -> None:
         per_cpu = []
         for cpu_state in old.lookup(zero) or []:
             rows = _state_rows(cpu_state, len(old_rows), width)
-            slots = counter_layout().slots
-            carried = [[0] * slots for _ in new_rows]
+            layout = counter_layout()   # by name: a newer vnfchain may order reasons otherwise
+            where = {counter: i for i, counter in enumerate(layout.names)}
+            carried = [[0] * layout.slots for _ in new_rows]
             for name, row in new_rows.items():
                 if name in old_rows:
-                    carried[row][:width] = rows[old_rows[name]]
+                    for counter, value in zip(record["counters"], rows[old_rows[name]]):
+                        if counter in where:
+                            carried[row][where[counter]] = value
             body = b"".join(v.to_bytes(8, "little") for r in carried for v in r)
             per_cpu.append(bytes(new.value_size - len(body)) + body)
         if per_cpu:
@@ -446,33 +495,46 @@ def _forget_maps(paths) -> None:
 # -- undeploy -----------------------------------------------------------------------
 
 def _teardown(record: dict) -> list[str]:
-    """Remove attachments, pins and record; returns warnings about what was skipped."""
+    """Remove attachments, pins and record; returns warnings about what was skipped.
+    Any generation's entry program counts as ours (a crash may leave the record
+    naming another generation than the one attached); an interface still running
+    one of ours after that keeps the pins, since removing them would empty the
+    prog array under it."""
     warnings = []
     pin_dir = Path(record["pin_dir"])
-    entry_fd = None
-    with contextlib.suppress(OSError, KeyError):
-        entry_fd = bpfsys.obj_get(str(Path(record["gen_dir"]) / "entry"))
+    entries = {}
+    for pin in sorted(pin_dir.glob("g*/entry")):
+        with contextlib.suppress(OSError):
+            fd = bpfsys.obj_get(str(pin))
+            entries[bpfsys.prog_id(fd)] = fd
+    still_ours = []
     try:
         for a in record.get("attachments", []):
-            if not _detach(a, entry_fd):
-                warnings.append(f"{a['interface']}@{a['netns'] or 'root'}: no program of this "
-                                f"chain was attached any more; left as is")
+            where = f"{a['interface']}@{a['netns'] or 'root'}"
+            state = _attached(a)
+            if state is None or state[0] not in entries:
+                warnings.append(f"{where}: no program of this chain was attached any more; left as is")
+                continue
+            if not netlink.xdp_detach(a["ifindex"], a["mode"], a["netns"], expected_fd=entries[state[0]]):
+                still_ours.append(where)
     finally:
-        if entry_fd is not None:
-            os.close(entry_fd)
+        for fd in entries.values():
+            os.close(fd)
+    if still_ours:
+        raise DeployError(f"could not detach chain '{record['name']}' from {', '.join(still_ours)}; its "
+                          f"pins are kept so the interface keeps working; detach by hand and undeploy again")
     _remove_pins(pin_dir)
     with contextlib.suppress(FileNotFoundError):
         record_path(record["name"]).unlink()
     return warnings
 
 
-def _detach(attachment: dict, entry_fd: int | None) -> bool:
-    if entry_fd is None:
-        return False
-    netns, index = attachment["netns"], attachment["ifindex"]
-    if not netlink.netns_exists(netns):
-        return False
-    return netlink.xdp_detach(index, attachment["mode"], netns, expected_fd=entry_fd)
+def _attached(attachment: dict):
+    if not netlink.netns_exists(attachment["netns"]):
+        return None
+    with contextlib.suppress(Exception):
+        return netlink.xdp_state(attachment["ifindex"], attachment["netns"])
+    return None
 
 
 def _remove_pins(pin_dir: Path) -> None:
@@ -486,6 +548,11 @@ def _remove_pins(pin_dir: Path) -> None:
 
 def undeploy(name: str) -> list[str]:
     """Remove what deploy made for ``name``; idempotent. Returns warnings."""
+    with _locked(name):
+        return _undeploy(name)
+
+
+def _undeploy(name: str) -> list[str]:
     record = _read_record(name)
     if record is None:
         pin_dir = pin_root() / name

@@ -82,6 +82,10 @@ class FunctionType:
         key path or None); the chain adds file:line."""
         return []
 
+    def preflight(self, params, ctx: RenderContext) -> None:
+        """Raise DeployError for what populate would fail on (a missing interface),
+        before a live change touches anything."""
+
     def populate(self, tables, params, ctx: RenderContext) -> None:
         """Make the maps hold what the config says; ``tables[name]`` is a BCC
         table. Runs at deploy and again on every live change, on maps that may

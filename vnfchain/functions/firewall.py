@@ -175,11 +175,14 @@ class RulesetWriter:
     def write(self) -> None:
         cfg_table = self.t["cfg"]
         cfg = cfg_table[cfg_table.Key(0)]
+        self.ifindexes = {name: self.ctx.resolve_ifindex(name) if self.ctx.resolve_ifindex else None
+                          for name in sorted({r.iif for r in self.params.rules if r.iif})}
         digest = self._digest()
         if cfg.initialized and cfg.v[cfg.active & 1].hash == digest:
             return  # this ruleset is already the running one
         new = (1 - (cfg.active & 1)) if cfg.initialized else 0
         c = compile_rules(self.params.rules, self.words)
+        self._clear_hashed(new)   # whatever an interrupted earlier write left there
         self._fill(new, c)
         ver = cfg.v[new]
         ver.used = sum(1 << i for i, f in enumerate(FIELDS) if f in c.used)
@@ -187,16 +190,17 @@ class RulesetWriter:
         ver.default_verdict = VERDICT[self.params.default]
         ver.hash = digest
         cfg_table[cfg_table.Key(0)] = cfg        # the idle version is complete
-        old = cfg.active & 1
         cfg.active = new
         cfg.initialized = 1
         cfg_table[cfg_table.Key(0)] = cfg        # the switch
-        if old != new:
-            self._clear_hashed(old)
         self._zero_hits()
 
     def _digest(self) -> int:
-        dump = json.dumps([self.params.model_dump(mode="json", exclude={"timeouts"})], sort_keys=True)
+        """Of everything the maps hold: the rules, but also the chain-wide label
+        ids goto rules store and the interfaces' current ifindexes."""
+        labels = {r.label: self.ctx.label_ids[r.label] for r in self.params.rules if r.label}
+        dump = json.dumps([self.params.model_dump(mode="json", exclude={"timeouts"}), labels,
+                           self.ifindexes], sort_keys=True)
         return int.from_bytes(hashlib.sha256(dump.encode()).digest()[:4], "little")
 
     def _bits(self, value: int) -> bytes:
@@ -230,7 +234,7 @@ class RulesetWriter:
         iif = t["iif"]
         iif[iif.Key(version=v, ifindex=0)] = iif.Leaf.from_buffer_copy(self._bits(c.iif_other))
         for name, bits in c.iif.items():
-            index = self.ctx.resolve_ifindex(name) if self.ctx.resolve_ifindex else None
+            index = self.ifindexes.get(name)
             if index:
                 iif[iif.Key(version=v, ifindex=index)] = iif.Leaf.from_buffer_copy(self._bits(bits))
         verdicts = [VERDICT[r.action] if r.action != "goto" else LABEL_BASE + self.ctx.label_ids[r.label]
@@ -239,7 +243,10 @@ class RulesetWriter:
                    [x.to_bytes(4, "little", signed=True) for x in verdicts])
 
     def _clear_hashed(self, v: int) -> None:
-        """Drop the old version's prefix and interface entries (arrays are just overwritten)."""
+        """Empty one version's prefix and interface entries (arrays are just
+        overwritten). Done to the idle version before it is filled, not to the
+        old one right after the switch: a packet on another CPU may still be
+        reading the old version then."""
         for name in ("src", "dst", "iif"):
             table = self.t[name]
             for key in list(table.keys()):

@@ -31,15 +31,20 @@ class Forward(FunctionType):
     def maps(self, params):
         return [MapSpec("egress", "array", 1, "egress ifindex; 0 means look up the FIB")]
 
+    def preflight(self, params, ctx):
+        self._egress(params, ctx)
+
     def populate(self, tables, params, ctx):
         table = tables["egress"]
+        table[table.Key(0)] = table.Leaf(self._egress(params, ctx))
+
+    def _egress(self, params, ctx) -> int:
         if params.interface is None:
-            table[table.Key(0)] = table.Leaf(0)
-            return
+            return 0
         ifindex = ctx.resolve_ifindex(params.interface)
         if not ifindex:
             where = f"network namespace '{ctx.netns}'" if ctx.netns else "the root network namespace"
             raise DeployError(
                 f"function '{ctx.function}': interface '{params.interface}' does not exist in {where}; "
                 f"create it or fix 'interface:'")
-        table[table.Key(0)] = table.Leaf(ifindex)
+        return ifindex

@@ -11,7 +11,10 @@ interfaces: direction comes from the ingress interface.
 State is two pinned hash maps (the inside and the outside view of each flow),
 with per-protocol timeouts. A full table drops new flows with the reason
 ``nat_table_full``; when no port of the range is free for a destination,
-``nat_ports_exhausted``. A mapping whose halves disagree is never used.
+``nat_ports_exhausted``. A mapping whose halves disagree is never used. Later
+IP fragments carry no ports, so those that would need source NAT are dropped
+(``nat_fragment``) rather than leak the inside address; a port forward opens
+only on a TCP SYN (or any UDP datagram).
 """
 from __future__ import annotations
 
@@ -81,7 +84,7 @@ class Nat(FunctionType):
     name = "nat"
     summary = "SNAT/masquerade and DNAT/port forwarding with per-flow state (IPv4 TCP, UDP, ICMP echo)"
     Params = NatParams
-    reasons = ("nat_table_full", "nat_ports_exhausted")
+    reasons = ("nat_table_full", "nat_ports_exhausted", "nat_fragment")
 
     def maps(self, params):
         return [
@@ -96,11 +99,19 @@ class Nat(FunctionType):
     def template_vars(self, params, ctx):
         return {"timeouts": params.timeouts}
 
-    def populate(self, tables, params, ctx):
+    def preflight(self, params, ctx):
+        self._outside(params, ctx)
+        self._outside_address(params, ctx)
+
+    def _outside(self, params, ctx) -> int:
         outside = ctx.resolve_ifindex(params.outside)
         if not outside:
             raise DeployError(f"function '{ctx.function}': outside interface '{params.outside}' does not "
                               f"exist in {_where(ctx)}; fix 'outside:' or the chain's attach list")
+        return outside
+
+    def populate(self, tables, params, ctx):
+        outside = self._outside(params, ctx)
         address = self._outside_address(params, ctx)
         cfg = tables["cfg"]
         value = cfg[cfg.Key(0)]
