@@ -40,9 +40,9 @@ def gateways():
     wan0 198.18.100.1/24, forwarding on): {name: (netns, {ifname: ifindex})}."""
     with contextlib.ExitStack() as stack:
         made = {}
-        for name in MODES + ("small",):
+        for name in MODES + ("small", "swept"):
             ns, index, _ip = stack.enter_context(scratch_netns(
-                f"{NS}{name[0]}", {"lan0": ["198.18.1.1/24", "198.18.2.1/24"], "wan0": ["198.18.100.1/24"]},
+                f"{NS}{name[:2]}", {"lan0": ["198.18.1.1/24", "198.18.2.1/24"], "wan0": ["198.18.100.1/24"]},
                 forwarding=True))
             made[name] = (ns, index)
         yield made
@@ -230,3 +230,30 @@ def test_a_port_forward_opens_only_on_a_syn(nat):
     stray = eth(IP(src=REMOTE, dst=NAT) / TCP(sport=6666, dport=8080, flags="A"))
     result = run(stray, "wan")
     assert result.action == "XDP_PASS" and result.data == bytes(stray)   # untouched, no state made
+
+
+SWEPT = """
+name: natswept
+functions:
+  nat:
+    type: nat
+    outside: wan0
+    max_flows: 16
+    timeouts: {udp: 1}
+    snat: [{src: 198.18.1.0/24, ports: "20000-20099"}]
+"""
+
+
+def test_expired_flows_are_swept_so_a_full_table_takes_new_ones_again(deployed, gateways):
+    import time
+    ns, index = gateways["swept"]
+    dep = deployed(SWEPT, "tailcall", tag="natswept", attach=[f"lan0@{ns}", f"wan0@{ns}"])
+
+    def flow(i):
+        packet = eth(IP(src=LAN_HOST, dst=REMOTE) / UDP(sport=8000 + i, dport=53))
+        return dep.run(packet, ingress_ifindex=index["lan0"], netns=ns).action
+
+    assert [flow(i) for i in range(16)] == ["XDP_PASS"] * 16
+    assert flow(16) == "XDP_DROP"                        # full of live flows
+    time.sleep(1.2)                                      # all of them idle past the UDP timeout
+    assert [flow(100 + i) for i in range(16)] == ["XDP_PASS"] * 16   # none of them ever came back

@@ -9,7 +9,9 @@ updated incrementally. The chain must be attached to the inside and outside
 interfaces: direction comes from the ingress interface.
 
 State is two pinned hash maps (the inside and the outside view of each flow),
-with per-protocol timeouts. A full table drops new flows with the reason
+with per-protocol timeouts. Expired flows are reclaimed when their packets
+come back, and by a sweep: each new flow enters a ring of recent flows and
+reclaims the expired ones it passes there. A full table drops new flows with the reason
 ``nat_table_full``; when no port of the range is free for a destination,
 ``nat_ports_exhausted``. A mapping whose halves disagree is never used. Later
 IP fragments carry no ports, so those that would need source NAT are dropped
@@ -94,6 +96,8 @@ class Nat(FunctionType):
             MapSpec("dnat", "hash", headroom(len(params.dnat) + 1, 16), "outside address:port -> inside"),
             MapSpec("out", "hash", params.max_flows, "flows by their inside view"),
             MapSpec("in", "hash", params.max_flows, "flows by their outside view"),
+            MapSpec("ring", "array", params.max_flows, "recent flows, swept for expired ones as new ones come"),
+            MapSpec("cursor", "array", 1, "next ring slot"),
         ]
 
     def template_vars(self, params, ctx):
