@@ -96,7 +96,8 @@ class Nat(FunctionType):
             MapSpec("dnat", "hash", headroom(len(params.dnat) + 1, 16), "outside address:port -> inside"),
             MapSpec("out", "hash", params.max_flows, "flows by their inside view"),
             MapSpec("in", "hash", params.max_flows, "flows by their outside view"),
-            MapSpec("ring", "array", params.max_flows, "recent flows, swept for expired ones as new ones come"),
+            MapSpec("ring", "array", 2 * params.max_flows,
+                    "recent flows, swept for expired ones as new ones come (twice the table: half is always free)"),
             MapSpec("cursor", "array", 1, "next ring slot"),
         ]
 
