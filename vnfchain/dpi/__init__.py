@@ -1,2 +1,3 @@
-"""The DPI function's machinery: signature contents and the Aho–Corasick
-automaton they compile to (automaton.py). The function type itself is to come."""
+"""The DPI function's machinery: signature contents and the Aho–Corasick DFA
+they compile to (automaton.py), and the reference verdict the tests hold the
+kernel program to (reference.py). The function type is vnfchain/functions/dpi.py."""

@@ -1,0 +1,113 @@
+"""DPI through BPF_PROG_TEST_RUN: signature verdicts (drop, pass, label,
+alert), offset/depth windows and the scan limit, in both chain modes; and the
+kernel's verdicts held to the Python reference over random signature sets and
+payloads (overlapping patterns, patterns at the scan boundary)."""
+from __future__ import annotations
+
+import random
+
+import pytest
+from scapy.layers.inet import IP, TCP, UDP
+from scapy.layers.l2 import Ether
+
+from vnfchain import Chain
+from vnfchain.chain import deploy as deploy_mod
+from vnfchain.dpi.reference import first_signature
+from tests.chain_fixtures import MODES, chain_name, delta
+
+pytestmark = pytest.mark.root
+
+CHAIN = """
+name: dpi
+functions:
+  dpi:
+    type: dpi
+    max_scan: 64
+    signatures:
+      - {id: 1, content: "/etc/passwd", action: drop}
+      - {id: 2, content: "GET ", depth: 4, action: label, label: http}
+      - {id: 3, content: ["|de ad|", "beef"], proto: udp, action: alert}
+      - {id: 4, content: "ssh", offset: 8, depth: 8, proto: tcp, dport: 22, action: pass}
+    next: {http: web, default: out}
+  web: {type: counter, next: out}
+  out: {type: counter, verdict: tx}
+"""
+
+
+def pkt(l4, payload):
+    return Ether(src="02:00:00:00:00:01", dst="02:00:00:00:00:02") / IP(src="198.18.1.2", dst="198.18.2.2") / l4 / payload
+
+
+CASES = [
+    ("a forbidden path is dropped", TCP(dport=80), b"GET /etc/passwd HTTP/1.1", "XDP_DROP", "sig1"),
+    ("GET at the start branches to web", TCP(dport=80), b"GET / HTTP/1.1", "XDP_TX", "sig2"),
+    ("GET past its depth does not", TCP(dport=80), b"POST / GET ", "XDP_TX", None),
+    ("all contents of a signature: alert, continue", UDP(dport=9), b"xx\xde\xadyybeef", "XDP_TX", "sig3"),
+    ("one content of two is not enough", UDP(dport=9), b"xx\xde\xadyy", "XDP_TX", None),
+    ("wrong protocol", TCP(dport=9), b"\xde\xadbeef", "XDP_TX", None),
+    ("inside offset..offset+depth", TCP(dport=22), b"SSH-2.0-ssh", "XDP_PASS", "sig4"),
+    ("before the offset", TCP(dport=22), b"ssh-2.0-xx", "XDP_TX", None),
+    ("wrong port", TCP(dport=2222), b"SSH-2.0-ssh", "XDP_TX", None),
+    ("past max_scan is not seen", TCP(dport=80), b"x" * 60 + b"/etc/passwd", "XDP_TX", None),
+    ("just inside max_scan is", TCP(dport=80), b"x" * 53 + b"/etc/passwd", "XDP_DROP", "sig1"),
+]
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("desc,l4,payload,action,hit", CASES, ids=[c[0] for c in CASES])
+def test_signatures(deployed, mode, desc, l4, payload, action, hit):
+    dep = deployed(CHAIN, mode)
+    before = dep.stats()
+    result = dep.run(pkt(l4, payload))
+    changed = delta(before, dep.stats())
+    assert result.action == action
+    hits = [k for k in changed.get("dpi", {}) if k.endswith("_hits")]
+    assert hits == ([f"{hit}_hits"] if hit else [])
+    if hit == "sig2":
+        assert changed["web"]["rx_packets"] == 1
+
+
+def random_signatures(rng: random.Random, n: int) -> list[dict]:
+    alphabet = b"ab\x00/"
+    sigs = []
+    for i in range(n):
+        contents = ["".join(f"|{b:02x}|" for b in bytes(rng.choice(alphabet) for _ in range(rng.randint(1, 5))))
+                    for _ in range(rng.randint(1, 2))]
+        sig = {"id": i + 1, "content": contents if len(contents) > 1 else contents[0],
+               "action": rng.choice(["drop", "pass", "alert"])}
+        if rng.random() < 0.3:
+            sig["offset"] = rng.randint(0, 20)
+        if rng.random() < 0.3:
+            sig["depth"] = rng.randint(5, 40)
+        sigs.append(sig)
+    return sigs
+
+
+SEEN_AS = {"drop": "XDP_DROP", "pass": "XDP_PASS", "alert": "XDP_TX", None: "XDP_TX"}
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_kernel_verdicts_equal_the_reference(deployed, seed):
+    import json
+    rng = random.Random(seed)
+    name = chain_name("dpidiff")
+    sigs = random_signatures(rng, rng.randint(1, 12))
+    max_scan = rng.choice([16, 32, 64])
+    text = (f"name: {name}\nmode: {rng.choice(MODES)}\nfunctions:\n  dpi:\n    type: dpi\n"
+            f"    max_scan: {max_scan}\n    signatures: {json.dumps(sigs)}\n    next: out\n"
+            f"  out: {{type: counter, verdict: tx}}\n")
+    chain = Chain.from_yaml_text(text)
+    params = chain.spec.function("dpi").params
+    dep = chain.deploy(attach=[])
+    try:
+        wrong = []
+        for _ in range(150):
+            size = rng.choice([max_scan - 3, max_scan, max_scan + 5, rng.randint(1, 80)])
+            payload = bytes(rng.choice(b"ab\x00/x") for _ in range(max(size, 1)))
+            want = first_signature(params, payload, "udp", 9)
+            got = dep.run(pkt(UDP(dport=9), payload)).action
+            if got != SEEN_AS[want.action if want else None]:
+                wrong.append(f"{payload!r}: kernel {got}, reference {want.id if want else None}")
+        assert not wrong, f"{len(wrong)} differ, e.g. " + "; ".join(wrong[:3])
+    finally:
+        deploy_mod.undeploy(name)
