@@ -240,10 +240,10 @@ functions:
 ERRORS = [
     ("unknown type",
      BASE.replace("type: counter", "type: firewal"),
-     4, "functions.a.type", ["unknown type 'firewal'", "classify, counter, firewall, forward", "vnfchain functions"]),
+     4, "functions.a.type", ["unknown type 'firewal'", "classify, counter, dpi, firewall, forward, nat", "vnfchain functions"]),
     ("type not a string",
      BASE.replace("type: counter", "type: [counter]"),
-     4, "functions.a.type", ["unknown type", "classify, counter, firewall, forward"]),
+     4, "functions.a.type", ["unknown type", "classify, counter, dpi, firewall, forward, nat"]),
     ("no type",
      BASE.replace("    type: counter\n", ""),
      3, "functions.a", ["has no 'type:'", "counter"]),

@@ -105,17 +105,14 @@ def check_environment() -> None:
 
 @contextlib.contextmanager
 def _locked(name: str):
-    """One deploy, change or undeploy of a chain at a time (a second one waits)."""
-    path = record_path(name).with_suffix(".lock")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w") as lock:
+    """One deploy, change or undeploy at a time (a second one waits). One lock
+    file for all chains, never removed: removing a lock file others wait on
+    would let two holders in."""
+    _check_name(name)
+    run_dir().mkdir(parents=True, exist_ok=True)
+    with open(run_dir() / "vnfchain.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            if not record_path(name).exists():   # nothing deployed: leave nothing behind
-                with contextlib.suppress(FileNotFoundError):
-                    path.unlink()
+        yield
 
 
 def deploy(spec: ChainSpec, *, attach: list[AttachPoint] | None = None,
@@ -446,8 +443,10 @@ def _reattach(record: dict, spec: ChainSpec, targets, say: Progress) -> None:
 
 def _state_rows(state: bytes, nrows: int, width: int) -> list[list[int]]:
     """The counter rows of one CPU's struct vc_state (metadata first, rows last;
-    each row has counter_layout().slots counters, the first ``width`` named)."""
-    slots = counter_layout().slots
+    each row has ``width`` named counters padded to a power of two)."""
+    slots = 1
+    while slots < width:
+        slots *= 2
     start = len(state) - nrows * slots * 8
     return [[int.from_bytes(state[start + 8 * (r * slots + c):start + 8 * (r * slots + c + 1)], "little")
              for c in range(width)] for r in range(nrows)]
@@ -506,7 +505,10 @@ def _teardown(record: dict) -> list[str]:
     for pin in sorted(pin_dir.glob("g*/entry")):
         with contextlib.suppress(OSError):
             fd = bpfsys.obj_get(str(pin))
-            entries[bpfsys.prog_id(fd)] = fd
+            try:
+                entries[bpfsys.prog_id(fd)] = fd
+            except OSError:
+                os.close(fd)
     still_ours = []
     try:
         for a in record.get("attachments", []):
