@@ -120,3 +120,13 @@ def replace_contents(table, wanted: list[tuple]) -> None:
     for key in list(table.keys()):
         if bytes(key) not in wanted_bytes:
             del table[key]
+
+
+def write_array(table, start: int, values: list[bytes]) -> None:
+    """Write consecutive entries of an array map (a BCC table) from ``start``,
+    in one batch syscall; each value is the entry's raw bytes (a per-CPU
+    map's value holds one slot per possible CPU)."""
+    from .. import bpfsys
+    if values:
+        keys = b"".join((start + i).to_bytes(4, "little") for i in range(len(values)))
+        bpfsys.update_batch(table.map_fd, keys, b"".join(values), len(values))

@@ -20,7 +20,7 @@ from pydantic import Field, field_validator, model_validator
 
 from .. import bpfsys
 from ..dpi.automaton import build, parse_content
-from .base import FunctionType, MapSpec, Params, headroom
+from .base import FunctionType, MapSpec, Params, headroom, write_array
 
 MAX_CONTENTS = 64
 PROTOS = {"tcp": 6, "udp": 17}
@@ -109,10 +109,10 @@ class Dpi(FunctionType):
         for row in automaton.delta:
             for nxt in row:
                 delta.append(nxt | (0x80000000 if automaton.output[nxt] else 0))
-        _put(tables["delta"], [v.to_bytes(4, "little") for v in delta])
-        _put(tables["found"], [sum(1 << p for p in out).to_bytes(8, "little") for out in automaton.output])
+        write_array(tables["delta"], 0, [v.to_bytes(4, "little") for v in delta])
+        write_array(tables["found"], 0, [sum(1 << p for p in out).to_bytes(8, "little") for out in automaton.output])
         window = [sum(1 << p for p, (lo, hi) in enumerate(windows) if lo <= i <= hi) for i in range(params.max_scan)]
-        _put(tables["window"], [w.to_bytes(8, "little") for w in window])
+        write_array(tables["window"], 0, [w.to_bytes(8, "little") for w in window])
         sigs, first = [], 0
         for s in params.signatures:
             n = len(s.contents())
@@ -123,8 +123,8 @@ class Dpi(FunctionType):
             sigs.append(mask.to_bytes(8, "little") + verdict.to_bytes(4, "little", signed=True)
                         + bytes([PROTOS.get(s.proto, 0), 0]) + dport.to_bytes(2, "little"))
         sigs += [bytes(16)] * (tables["sigs"].max_entries - len(sigs))   # clear what a longer list left
-        _put(tables["sigs"], sigs)
-        _put(tables["hits"], [bytes(8 * bpfsys.possible_cpus())] * tables["hits"].max_entries)
+        write_array(tables["sigs"], 0, sigs)
+        write_array(tables["hits"], 0, [bytes(8 * bpfsys.possible_cpus())] * tables["hits"].max_entries)
 
     def read_counters(self, maps, params):
         out = {}
@@ -135,8 +135,3 @@ class Dpi(FunctionType):
                     out[f"sig{s.id}_hits"] = n
         return out
 
-
-def _put(table, values: list[bytes]) -> None:
-    if values:
-        keys = b"".join(i.to_bytes(4, "little") for i in range(len(values)))
-        bpfsys.update_batch(table.map_fd, keys, b"".join(values), len(values))

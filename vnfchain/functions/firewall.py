@@ -25,7 +25,7 @@ from pydantic import Field, model_validator
 from .. import bpfsys
 from ..firewall.lbvs import FIELDS, NOT_ICMP, NOT_TCP, NO_PORT, compile_rules
 from ..firewall.rules import CT_STATES, Rule
-from .base import FunctionType, MapSpec, Params, headroom
+from .base import FunctionType, MapSpec, Params, headroom, write_array
 
 VERDICT = {"allow": 0, "drop": 1}   # VC_CONTINUE, VC_DROP
 SHADOW_CHECK_LIMIT = 2000
@@ -220,17 +220,17 @@ class RulesetWriter:
                 key = lpm.Key(prefixlen=16 + net.prefixlen, version=v, family=net.version)
                 ctypes.memmove(ctypes.addressof(key) + 6, net.network_address.packed, len(net.network_address.packed))
                 lpm[key] = lpm.Leaf.from_buffer_copy(self._bits(bits))
-        _put_array(t["proto"], v * 256, [self._bits(b) for b in c.proto])
+        write_array(t["proto"], v * 256, [self._bits(b) for b in c.proto])
         for f in ("sport", "dport"):
             classes = getattr(c, f"{f}_class")
             bits = getattr(c, f"{f}_bits")
             if len(bits) > self.port_classes:
                 raise ValueError(f"{len(bits)} port classes exceed the map's {self.port_classes}")
-            _put_array(t[f"{f}_class"], v * 65536, [x.to_bytes(4, "little") for x in classes])
-            _put_array(t[f"{f}_bits"], v * self.port_classes, [self._bits(b) for b in bits])
-        _put_array(t["flags"], v * 257, [self._bits(b) for b in c.flags])
-        _put_array(t["icmp"], v * 257, [self._bits(b) for b in c.icmp])
-        _put_array(t["ct_bits"], v * (len(CT_STATES) + 1), [self._bits(b) for b in c.ct])
+            write_array(t[f"{f}_class"], v * 65536, [x.to_bytes(4, "little") for x in classes])
+            write_array(t[f"{f}_bits"], v * self.port_classes, [self._bits(b) for b in bits])
+        write_array(t["flags"], v * 257, [self._bits(b) for b in c.flags])
+        write_array(t["icmp"], v * 257, [self._bits(b) for b in c.icmp])
+        write_array(t["ct_bits"], v * (len(CT_STATES) + 1), [self._bits(b) for b in c.ct])
         iif = t["iif"]
         iif[iif.Key(version=v, ifindex=0)] = iif.Leaf.from_buffer_copy(self._bits(c.iif_other))
         for name, bits in c.iif.items():
@@ -239,7 +239,7 @@ class RulesetWriter:
                 iif[iif.Key(version=v, ifindex=index)] = iif.Leaf.from_buffer_copy(self._bits(bits))
         verdicts = [VERDICT[r.action] if r.action != "goto" else LABEL_BASE + self.ctx.label_ids[r.label]
                     for r in self.params.rules]
-        _put_array(t["actions"], v * self.words * 64,
+        write_array(t["actions"], v * self.words * 64,
                    [x.to_bytes(4, "little", signed=True) for x in verdicts])
 
     def _clear_hashed(self, v: int) -> None:
@@ -255,11 +255,5 @@ class RulesetWriter:
 
     def _zero_hits(self) -> None:
         n = self.words * 64 + 1
-        _put_array(self.t["hits"], 0, [bytes(8 * bpfsys.possible_cpus())] * n)
+        write_array(self.t["hits"], 0, [bytes(8 * bpfsys.possible_cpus())] * n)
 
-
-def _put_array(table, start: int, values: list[bytes]) -> None:
-    """Write consecutive array entries in one batch syscall."""
-    if values:
-        keys = b"".join((start + i).to_bytes(4, "little") for i in range(len(values)))
-        bpfsys.update_batch(table.map_fd, keys, b"".join(values), len(values))
