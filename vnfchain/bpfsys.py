@@ -108,6 +108,11 @@ class PinnedMap:
         self.close()
 
     @property
+    def map_fd(self) -> int:
+        """BCC tables call it so: helpers such as write_array take either."""
+        return self.fd
+
+    @property
     def percpu(self) -> bool:
         # BPF_MAP_TYPE_PERCPU_HASH 5, PERCPU_ARRAY 6, LRU_PERCPU_HASH 10
         return self.type in (5, 6, 10)

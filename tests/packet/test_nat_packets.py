@@ -11,6 +11,7 @@ from scapy.layers.inet import ICMP, IP, TCP, UDP
 from scapy.layers.l2 import Ether
 
 from tests.chain_fixtures import MODES, delta
+from tests.frames import checksums_valid, eth
 from tests.scratch_netns import scratch_netns
 
 pytestmark = pytest.mark.root
@@ -57,20 +58,6 @@ def nat(request, deployed, gateways):
     def run(packet, side):
         return dep.run(packet, ingress_ifindex=index[f"{side}0"], netns=ns)
     return dep, run
-
-
-def eth(p):
-    return Ether(src="02:00:00:00:01:02", dst="02:00:00:00:01:01") / p
-
-
-def checksums_valid(frame: bytes) -> bool:
-    """Recompute every checksum scapy knows and compare with the frame's."""
-    pkt = Ether(frame)
-    rebuilt = pkt.copy()
-    for layer in (IP, TCP, UDP, ICMP):
-        if rebuilt.haslayer(layer) and not (layer is UDP and pkt[UDP].chksum == 0):
-            del rebuilt[layer].chksum
-    return bytes(Ether(bytes(rebuilt))) == frame
 
 
 def test_snat_tcp_and_its_reply(nat):

@@ -80,7 +80,7 @@ def test_functions_unknown_type():
     result = invoke("functions", "nope")
     assert_clean_error(result)
     assert "unknown function type 'nope'" in result.output
-    assert "classify, counter, dpi, firewall, forward, nat" in result.output
+    assert "classify, counter, dpi, firewall, forward, loadbalancer, nat" in result.output
 
 
 # -- validate -------------------------------------------------------------------------------

@@ -240,10 +240,10 @@ functions:
 ERRORS = [
     ("unknown type",
      BASE.replace("type: counter", "type: firewal"),
-     4, "functions.a.type", ["unknown type 'firewal'", "classify, counter, dpi, firewall, forward, nat", "vnfchain functions"]),
+     4, "functions.a.type", ["unknown type 'firewal'", "classify, counter, dpi, firewall, forward, loadbalancer, nat", "vnfchain functions"]),
     ("type not a string",
      BASE.replace("type: counter", "type: [counter]"),
-     4, "functions.a.type", ["unknown type", "classify, counter, dpi, firewall, forward, nat"]),
+     4, "functions.a.type", ["unknown type", "classify, counter, dpi, firewall, forward, loadbalancer, nat"]),
     ("no type",
      BASE.replace("    type: counter\n", ""),
      3, "functions.a", ["has no 'type:'", "counter"]),

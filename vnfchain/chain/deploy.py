@@ -215,7 +215,13 @@ def _contexts(spec: ChainSpec):
 
 def _populate(spec: ChainSpec, loaded: LoadedUnit) -> None:
     for f, ctx in _contexts(spec):
-        f.ftype.populate(_FunctionTables(loaded.bpf, f.name), f.params, ctx)
+        f.ftype.populate(_FunctionTables(loaded.bpf, loaded.unit.map_pins, f.name), f.params, ctx)
+
+
+def _params_changed(record: dict, spec: ChainSpec) -> list:
+    """The functions whose parameters differ from the running chain's."""
+    old = record["spec"]["functions"]
+    return [f for f in spec.functions if old.get(f.name) != spec_to_dict(spec)["functions"][f.name]]
 
 
 def _preflight(record: dict, spec: ChainSpec, targets) -> None:
@@ -260,10 +266,29 @@ def _resolver(spec: ChainSpec):
     return lambda ifname: netlink.ifindex(ifname, netns)
 
 
-class _FunctionTables:
-    """A function's maps by short name: tables["rules"] is the BCC table <fn>_rules."""
+class MapReader:
+    """A function's pinned maps, for its read_counters()."""
 
-    def __init__(self, bpf, prefix: str):
+    def __init__(self, pins: dict[str, str], prefix: str):
+        self.pins, self.prefix = pins, prefix
+
+    def open(self, name: str) -> bpfsys.PinnedMap:
+        return bpfsys.PinnedMap(self.pins[f"{self.prefix}_{name}"])
+
+    def items_percpu(self, name: str, fields: tuple[str, ...]):
+        """(index, {field: sum over CPUs}) for every entry of an array of u64 fields."""
+        with self.open(name) as m:
+            for index in range(m.max_entries):
+                totals = m.sum_u64(index.to_bytes(4, "little"))
+                yield index, dict(zip(fields, totals))
+
+
+class _FunctionTables(MapReader):
+    """A function's maps by short name: tables["rules"] is the BCC table <fn>_rules,
+    tables.open("rules") the pinned map itself (no BCC types needed)."""
+
+    def __init__(self, bpf, pins: dict[str, str], prefix: str):
+        super().__init__(pins, prefix)
         self._bpf, self._prefix = bpf, prefix
 
     def __getitem__(self, name: str):
@@ -344,6 +369,14 @@ def _change(record: dict, spec: ChainSpec, say: Progress) -> "Deployment":
 def _same_generation(record: dict, spec: ChainSpec, unit: Unit, changed: list[str],
                      say: Progress) -> dict:
     """Update maps in place and replace changed functions' programs in their slots."""
+    if not changed:
+        edited = _params_changed(record, spec)
+        if all(f.ftype.pinned_populate for f in edited):
+            # map updates only: the functions write their pinned maps without BCC
+            contexts = dict((f.name, ctx) for f, ctx in _contexts(spec))
+            for f in edited:
+                f.ftype.populate(MapReader(unit.map_pins, f.name), f.params, contexts[f.name])
+            return dict(record, spec=spec_to_dict(spec), sections=unit.sections, maps=unit.map_pins)
     loaded = compile_unit(unit, label=f"chain '{spec.name}'", load=[f"vc_fn_{n}" for n in changed])
     try:
         _populate(spec, loaded)
@@ -674,20 +707,3 @@ def _function_state(dep: "Deployment") -> dict:
         if rows is not None:
             out[f.name] = rows
     return out
-
-
-class MapReader:
-    """A function's pinned maps, for its read_counters()."""
-
-    def __init__(self, pins: dict[str, str], prefix: str):
-        self.pins, self.prefix = pins, prefix
-
-    def open(self, name: str) -> bpfsys.PinnedMap:
-        return bpfsys.PinnedMap(self.pins[f"{self.prefix}_{name}"])
-
-    def items_percpu(self, name: str, fields: tuple[str, ...]):
-        """(index, {field: sum over CPUs}) for every entry of an array of u64 fields."""
-        with self.open(name) as m:
-            for index in range(m.max_entries):
-                totals = m.sum_u64(index.to_bytes(4, "little"))
-                yield index, dict(zip(fields, totals))

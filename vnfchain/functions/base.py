@@ -63,6 +63,9 @@ class FunctionType:
     Params: ClassVar[type[Params]] = Params
     reasons: ClassVar[tuple[str, ...]] = ()
     counters: ClassVar[tuple[str, ...]] = ()
+    # populate() uses only tables.open(name) (the pinned maps, raw bytes), so a
+    # change of its parameters alone is applied without compiling anything
+    pinned_populate: ClassVar[bool] = False
 
     @property
     def template(self) -> str:
@@ -88,7 +91,7 @@ class FunctionType:
 
     def populate(self, tables, params, ctx: RenderContext) -> None:
         """Make the maps hold what the config says; ``tables[name]`` is a BCC
-        table. Runs at deploy and again on every live change, on maps that may
+        table, ``tables.open(name)`` the pinned map (bpfsys.PinnedMap). Runs at deploy and again on every live change, on maps that may
         already hold an older config (see ``replace_contents``)."""
 
     def state_rows(self, maps, params) -> tuple[list[str], list[list[str]]] | None:

@@ -70,12 +70,28 @@ static __always_inline void vc_parse_ipv6(struct xdp_md *ctx, struct vc_meta *me
 	vc_parse_l4(ctx, meta);
 }
 
+/* one MurmurHash3 round: every input word is mixed on its own before the next
+ * joins (adding or xoring raw fields first lets different flows collide) */
+static __always_inline __u32 vc_hash_round(__u32 h, __u32 v)
+{
+	v *= 0xcc9e2d51;
+	v = (v << 15) | (v >> 17);
+	v *= 0x1b873593;
+	h ^= v;
+	h = (h << 13) | (h >> 19);
+	return h * 5 + 0xe6546b64;
+}
+
+/* MurmurHash3 (x86, 32 bit) of the 5-tuple; IPv6 addresses folded by xor */
 static __always_inline __u32 vc_flow_hash(const struct vc_meta *m)
 {
-	__u32 h = m->saddr[0] ^ m->saddr[1] ^ m->saddr[2] ^ m->saddr[3];
-	__u32 d = m->daddr[0] ^ m->daddr[1] ^ m->daddr[2] ^ m->daddr[3];
+	__u32 h = 0;
 
-	h = (h ^ (d * 0x9e3779b1)) + (((__u32)m->sport << 16) | m->dport) + m->ip_proto;
+	h = vc_hash_round(h, m->saddr[0] ^ m->saddr[1] ^ m->saddr[2] ^ m->saddr[3]);
+	h = vc_hash_round(h, m->daddr[0] ^ m->daddr[1] ^ m->daddr[2] ^ m->daddr[3]);
+	h = vc_hash_round(h, ((__u32)m->sport << 16) | m->dport);
+	h = vc_hash_round(h, m->ip_proto);
+	h ^= 16;
 	h ^= h >> 16;
 	h *= 0x85ebca6b;
 	h ^= h >> 13;

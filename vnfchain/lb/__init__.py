@@ -1,0 +1,1 @@
+"""Load-balancer helpers that run in Python: the Maglev lookup table."""
