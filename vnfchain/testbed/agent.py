@@ -8,7 +8,9 @@
 client (or a load balancer test) can tell which host answered; ``GET /whoami``
 answers instead with the client's address as this server saw it
 (``ip:port`` and a newline), so a NAT test can tell which address and port a
-connection arrived from. The echo
+connection arrived from; ``GET /download?size=N&seconds=S`` sends N bytes (the
+host's name and a newline, repeated) spread over S seconds: a long download
+whose every byte says where it came from. The echo
 servers send back exactly what they receive. They bind 0.0.0.0 and run until
 SIGTERM. Only the standard library is used, and the file is run as a script
 (not through the vnfchain package), so a service starts in milliseconds.
@@ -19,6 +21,7 @@ import argparse
 import signal
 import socketserver
 import sys
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 # socketserver's default listen backlog is 5: a burst of connections (a NAT test opens
@@ -39,12 +42,29 @@ def _http(port: int, name: str) -> socketserver.BaseServer:
             return name_body
 
         def do_GET(self):
+            path, _, query = self.path.partition("?")
+            if path == "/download":
+                return self._download(dict(p.split("=", 1) for p in query.split("&") if "=" in p))
             body = self._body()
             self.send_response(200)
             self.send_header("Content-Type", "text/plain")
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
             self.wfile.write(body)
+
+        def _download(self, args):
+            size, seconds = int(args.get("size", 1 << 20)), float(args.get("seconds", 0))
+            chunks = max(1, int(seconds * 20))
+            data = (name_body * (size // len(name_body) + 1))[:size]
+            self.send_response(200)
+            self.send_header("Content-Type", "application/octet-stream")
+            self.send_header("Content-Length", str(size))
+            self.end_headers()
+            step = -(-size // chunks)
+            for i in range(0, size, step):
+                self.wfile.write(data[i:i + step])
+                self.wfile.flush()
+                time.sleep(seconds / chunks)
 
         def do_HEAD(self):
             self.send_response(200)
