@@ -214,3 +214,9 @@ def test_deploy_of_an_invalid_chain_touches_nothing(tmp_path):
     assert not os.path.exists("/sys/fs/bpf/vnfchain/vcunit-broken")
     assert not os.path.exists("/run/vnfchain/vcunit-broken.json")
 
+
+
+@pytest.mark.parametrize("example", sorted(EXAMPLE.parent.glob("*.yaml")), ids=lambda p: p.name)
+def test_every_example_validates(example):
+    result = invoke("validate", str(example))
+    assert result.exit_code == 0 and result.output.startswith("ok: chain"), result.output
