@@ -1,7 +1,8 @@
 """The load balancer end to end on the lb bed (client1, client2 -- dut -- be1,
 be2, be3): clients use a virtual IP, backends answer with their name. Requests
 spread by weight; a live backend removal moves only that backend's connections;
-a long download survives a drain of its backend."""
+a long download survives a drain of its backend; in dsr mode the backends
+answer the client directly."""
 from __future__ import annotations
 
 import contextlib
@@ -24,6 +25,7 @@ from vnfchain.testbed.netlink import socket_in
 pytestmark = [pytest.mark.root, pytest.mark.netns]
 
 VIP = "198.18.0.100"
+VIP_DSR = "198.18.0.101"
 BACKENDS = {"be1": "198.18.2.11", "be2": "198.18.2.12", "be3": "198.18.2.13"}
 WEIGHTS = {"be1": 1, "be2": 2, "be3": 1}
 CHAIN = f"vct{os.getpid()}-lbe2e"
@@ -58,7 +60,8 @@ def lb(lb_bed):
                 "functions": {
                     "lb": {"type": "loadbalancer", "next": "out", "services": [
                         {"name": "web", "vip": VIP, "port": 80, "backends": web or backends()},
-                        {"name": "echo", "vip": VIP, "port": 7, "backends": echo or backends()}]},
+                        {"name": "echo", "vip": VIP, "port": 7, "backends": echo or backends()},
+                        {"name": "dsr", "vip": VIP_DSR, "port": 80, "mode": "dsr", "backends": backends()}]},
                     "out": {"type": "forward"}}}
         return Chain.from_yaml_text(yaml.safe_dump(spec)).deploy()
     change()
@@ -148,3 +151,23 @@ def test_a_long_download_survives_a_drain(lb_bed, lb):
     assert download.returncode == 0, err
     assert len(body) == size and set(body.split(b"\n")[:-1]) == {serving.encode()}
     lb(web=backends())
+
+
+def test_dsr_backends_answer_the_client_directly(lb_bed, lb):
+    for host in BACKENDS:   # the VIP on a loopback, never announced by ARP
+        lb_bed.exec(host, ["ip", "addr", "add", f"{VIP_DSR}/32", "dev", "lo"], check=True)
+        for setting in ("net.ipv4.conf.all.arp_ignore=1", "net.ipv4.conf.all.arp_announce=2"):
+            lb_bed.exec(host, ["sysctl", "-qw", setting], check=True)
+    for addr in BACKENDS.values():   # dsr needs the backends' MACs in the dut's neighbour table
+        assert lb_bed.ping("dut", addr, count=1).ok
+    dep = lb()
+    replies = dep.stats()["lb"].get("replies", 0)
+    answers = Counter()
+    for i in range(30):
+        answer = lb_bed.http_get(("client1", "client2")[i % 2], f"http://{VIP_DSR}/whoami")
+        assert answer.ok, answer.error
+        assert answer.body.startswith(("198.18.1.11:", "198.18.1.12:"))   # the client's own address
+        answers[lb_bed.http_get("client1", f"http://{VIP_DSR}/").body.strip()] += 1
+    assert set(answers) <= set(BACKENDS) and len(answers) >= 2, answers
+    # the answers came from the VIP itself: nothing was translated on the way back
+    assert dep.stats()["lb"].get("replies", 0) == replies
