@@ -1,7 +1,7 @@
 """Frame helpers for packet tests: fixed Ethernet addresses, checksum checks."""
 from __future__ import annotations
 
-from scapy.layers.inet import ICMP, IP, TCP, UDP
+from scapy.layers.inet import UDP
 from scapy.layers.l2 import Ether
 
 
@@ -10,13 +10,13 @@ def eth(p):
 
 
 def checksums_valid(frame: bytes) -> bool:
-    """Recompute every checksum scapy knows (every IP layer, and the transport
-    layers) and compare with the frame's."""
-    pkt = Ether(frame)
-    rebuilt = pkt.copy()
+    """Recompute every checksum scapy knows (each IPv4 header, TCP, UDP, ICMP,
+    ICMPv6, inner packets too) and compare with the frame's."""
+    rebuilt = Ether(frame)
     layer = rebuilt
     while layer:
-        if isinstance(layer, (IP, TCP, ICMP)) or (isinstance(layer, UDP) and layer.chksum != 0):
-            layer.chksum = None
+        for field in ("chksum", "cksum"):
+            if field in layer.fields and not (isinstance(layer, UDP) and layer.chksum == 0):
+                setattr(layer, field, None)
         layer = layer.payload if layer.payload else None
     return bytes(Ether(bytes(rebuilt))) == frame

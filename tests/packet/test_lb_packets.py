@@ -7,12 +7,13 @@ stated policy, the connection table, ICMP to the VIP, weights over many flows,
 DSR and IPIP output bytes."""
 from __future__ import annotations
 
-import contextlib
 import os
+import subprocess
 from collections import Counter
 
 import pytest
 from scapy.layers.inet import ICMP, IP, TCP, UDP, IPOption_RR
+from scapy.layers.inet6 import ICMPv6EchoReply, ICMPv6EchoRequest, IPv6, IPv6ExtHdrFragment
 from scapy.layers.l2 import Ether
 
 from tests.chain_fixtures import MODES, delta
@@ -27,6 +28,10 @@ CLIENT, VIP, VIP_DSR, VIP_IPIP, VIP_NONEIGH = "198.18.1.11", "198.18.0.100", "19
 BACKEND_MACS = {"198.18.2.11": "02:00:00:00:02:11", "198.18.2.12": "02:00:00:00:02:12",
                 "198.18.2.13": "02:00:00:00:02:13"}
 SRV_MAC = "02:00:00:00:02:01"
+# IPv6 only inside test runs (never on a wire): 2001:db8::/32
+CLIENT6, VIP6, VIP6_DSR, VIP6_IPIP = "2001:db8:1::11", "2001:db8::100", "2001:db8::101", "2001:db8::102"
+BACKEND6_MACS = {"2001:db8:2::11": "02:00:00:00:06:11", "2001:db8:2::12": "02:00:00:00:06:12",
+                 "2001:db8:2::13": "02:00:00:00:06:13"}
 
 CHAIN = """
 name: lb
@@ -43,6 +48,10 @@ functions:
       - {vip: 198.18.0.101, port: 80, mode: dsr, backends: [{ip: 198.18.2.12}]}
       - {vip: 198.18.0.102, port: 80, mode: ipip, backends: [{ip: 198.18.2.13}]}
       - {vip: 198.18.0.103, port: 80, mode: ipip, backends: [{ip: 198.18.2.14}]}
+      - {vip: "2001:db8::100", port: 80, backends: [{ip: "2001:db8:2::11"}, {ip: "2001:db8:2::12", port: 8080}]}
+      - {vip: "2001:db8::101", port: 80, mode: dsr, backends: [{ip: "2001:db8:2::12"}]}
+      - {vip: "2001:db8::102", port: 80, mode: ipip, backends: [{ip: "2001:db8:2::13"}]}
+    encap_src6: "2001:db8:2::1"
 """
 
 
@@ -51,6 +60,12 @@ def netns():
     with scratch_netns(NS, {"lan0": ["198.18.1.1/24"], "srv0": ["198.18.2.1/24"]},
                        forwarding=True, macs={"srv0": SRV_MAC}) as (ns, index, ip):
         for addr, mac in BACKEND_MACS.items():
+            ip("neigh", "add", addr, "lladdr", mac, "dev", "srv0", "nud", "permanent")
+        for dev, addr in (("lan0", "2001:db8:1::1/64"), ("srv0", "2001:db8:2::1/64")):
+            for setting in (f"net.ipv6.conf.{dev}.disable_ipv6=0", "net.ipv6.conf.all.forwarding=1"):
+                subprocess.run(["ip", "netns", "exec", ns, "sysctl", "-qw", setting], check=True)
+            ip("addr", "add", addr, "dev", dev, "nodad")
+        for addr, mac in BACKEND6_MACS.items():
             ip("neigh", "add", addr, "lladdr", mac, "dev", "srv0", "nud", "permanent")
         yield ns, index
 
@@ -191,3 +206,49 @@ def test_ipip_to_an_unresolved_backend_goes_to_the_stack_encapsulated(lb):
     out = run(syn(8001, dst=VIP_NONEIGH))
     assert out.action == "XDP_PASS"
     assert (out.packet[IP].dst, out.packet[IP].proto) == ("198.18.2.14", 4)
+
+
+def syn6(sport, dst=VIP6, dport=80):
+    return eth(IPv6(src=CLIENT6, dst=dst) / TCP(sport=sport, dport=dport, flags="S"))
+
+
+def test_ipv6_nat_and_its_reply(lb):
+    dep, run = lb
+    seen = set()
+    for sport in range(9000, 9040):
+        out = run(syn6(sport))
+        backend = out.packet[IPv6].dst
+        assert out.action == "XDP_PASS" and backend in ("2001:db8:2::11", "2001:db8:2::12")
+        assert out.packet[TCP].dport == (8080 if backend.endswith("12") else 80) and checksums_valid(out.data)
+        seen.add(backend)
+        reply = run(eth(IPv6(src=backend, dst=CLIENT6) / TCP(sport=out.packet[TCP].dport, dport=sport, flags="SA")),
+                    "srv0")
+        assert (reply.packet[IPv6].src, reply.packet[TCP].sport) == (VIP6, 80) and checksums_valid(reply.data)
+    assert len(seen) == 2
+    other = eth(IPv6(src=CLIENT6, dst="2001:db8:9::1") / TCP(sport=1, dport=80))
+    assert run(other).data == bytes(other)
+
+
+def test_ipv6_echo_fragments_dsr_and_ipip(lb):
+    dep, run = lb
+    out = run(eth(IPv6(src=CLIENT6, dst=VIP6) / ICMPv6EchoRequest(id=3, seq=4, data=b"ping6")))
+    assert out.action == "XDP_REDIRECT" and out.packet.haslayer(ICMPv6EchoReply)
+    assert (out.packet[IPv6].src, out.packet[IPv6].dst, out.packet[ICMPv6EchoReply].id) == (VIP6, CLIENT6, 3)
+    assert checksums_valid(out.data)
+
+    fragment = eth(IPv6(src=CLIENT6, dst=VIP6) / IPv6ExtHdrFragment(m=1, id=9) / TCP(sport=9100, dport=80))
+    assert run(fragment).action == "XDP_DROP"
+
+    frame = syn6(9101, dst=VIP6_DSR)
+    out = run(frame)
+    assert out.action == "XDP_REDIRECT"
+    assert (out.packet.dst, out.packet.src) == (BACKEND6_MACS["2001:db8:2::12"], SRV_MAC)
+    assert out.data[12:] == bytes(frame)[12:]
+
+    frame = syn6(9102, dst=VIP6_IPIP)
+    out = run(frame)
+    assert out.action == "XDP_REDIRECT"
+    outer = out.packet[IPv6]
+    assert (outer.src, outer.dst, outer.nh, outer.plen) == ("2001:db8:2::1", "2001:db8:2::13", 41, len(frame) - 14)
+    assert out.packet.dst == BACKEND6_MACS["2001:db8:2::13"]
+    assert out.data[14 + 40:] == bytes(frame)[14:]      # the inner packet, byte for byte

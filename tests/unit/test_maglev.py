@@ -74,7 +74,11 @@ SVC = {"vip": "198.18.0.100", "port": 80, "backends": [{"ip": "198.18.2.11"}]}
 
 @pytest.mark.parametrize("params, message", [
     (dict(services=[SVC], table_size=65536), "table_size 65536 is not prime.*65537"),
-    (dict(services=[dict(SVC, mode="ipip")]), "ipip services need encap_src"),
+    (dict(services=[dict(SVC, mode="ipip")]), "IPv4 ipip services need encap_src"),
+    (dict(services=[{"vip": "2001:db8::1", "port": 80, "mode": "ipip", "backends": [{"ip": "2001:db8::2"}]}],
+          encap_src="198.18.2.1"), "IPv6 ipip services need encap_src6"),
+    (dict(services=[dict(SVC, backends=[{"ip": "2001:db8::2"}])]),
+     "backend 2001:db8::2 is IPv6 but VIP 198.18.0.100 is IPv4"),
     (dict(services=[dict(SVC, mode="dsr", backends=[{"ip": "198.18.2.11", "port": 8080}])]),
      "mode dsr cannot change the port"),
     (dict(services=[SVC, SVC]), "service 198.18.0.100:80/tcp is defined twice"),

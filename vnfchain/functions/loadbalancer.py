@@ -1,7 +1,7 @@
 """loadbalancer: L4 load balancing of virtual IPs by Maglev consistent hashing.
 
-A service is a virtual IP, port and protocol (TCP or UDP, IPv4) with weighted
-backends. A new flow goes to the backend that the service's Maglev table
+A service is a virtual IP (IPv4 or IPv6), port and protocol (TCP or UDP) with
+weighted backends of the same family. A new flow goes to the backend that the service's Maglev table
 (``table_size`` slots, prime; built in Python, vnfchain/lb/maglev.py) holds at
 the flow's hash; the connection table (an LRU of ``max_flows`` flows) then
 keeps the flow on that backend, across changes of the backend set, while the
@@ -19,8 +19,10 @@ Modes, per service:
   the packet is sent towards the backend, which must hold the VIP on a
   loopback (with ``arp_ignore``) and answers the client directly. A backend
   with no neighbour entry yet gets nothing (``lb_no_neighbor``): ping it once.
-- ``ipip``: the packet is wrapped in an outer IPv4 header (protocol 4) from
-  ``encap_src`` to the backend, as Katran does; the backend decapsulates.
+- ``ipip``: the packet is wrapped in an outer header to the backend, as
+  Katran does: IPv4 in IPv4 (protocol 4) from ``encap_src``, IPv6 in IPv6
+  (next header 41, the flow's hash in the flow label) from ``encap_src6``;
+  the backend decapsulates.
 
 Live changes to backends, weights and drains are map updates (no compile):
 a new Maglev table is written into the idle half of the service's table and
@@ -28,13 +30,14 @@ switched in with one map update. ``drain: true`` takes a backend out of the
 table (no new flows) while its flows continue; removing a backend moves its
 flows, others stay.
 
-Policies: echo requests to a VIP are answered by the chain (``icmp_echo``);
-other ICMP to a VIP passes untouched; IP fragments to a VIP are dropped
-(``lb_fragment``: a later fragment has no ports to find its flow by); IPv4
-options are kept (headers are found by their length). Traffic to a VIP port
-with no service, and all non-VIP traffic, continues untouched. IPv6 is not
-balanced (passes untouched). A service whose backends are all drained drops
-new flows (``lb_no_backend``).
+Policies: echo requests to a VIP (ICMP and ICMPv6) are answered by the chain
+(``icmp_echo``); other ICMP to a VIP passes untouched; IP fragments to a VIP are
+dropped (``lb_fragment``: a later fragment has no ports to find its flow by;
+for IPv6, a packet whose first extension header is a fragment header); IPv4
+options are kept (headers are found by their length); IPv6 extension headers
+are not walked (a packet with one is not balanced). Traffic to a VIP port with
+no service, and all non-VIP traffic, continues untouched. A service whose
+backends are all drained drops new flows (``lb_no_backend``).
 """
 from __future__ import annotations
 
@@ -52,16 +55,21 @@ MODES = {"nat": 0, "dsr": 1, "ipip": 2}
 ACTIVE, DRAINING = 1, 2
 ECHO = 1
 
-SVC_KEY = struct.Struct("<4s2sBx")       # struct svc_key: vip, port (network order), proto
+# addresses are 16 bytes, IPv4 in the first 4 (as in struct vc_meta), family 4 or 6 beside them
+VIP = struct.Struct("<16sB3x")           # struct vip: addr, family
+SVC_KEY = struct.Struct("<16s2sBB")      # struct svc_key: vip, port (network order), proto, family
 SVC = struct.Struct("<IBBH")             # struct svc: id, version, mode
-BACKEND = struct.Struct("<4s2sBxI")      # struct backend: addr, port, flags, svc
-CFG = struct.Struct("<4sI")              # struct cfg: encap_src, has_nat
+BACKEND = struct.Struct("<16s2sBxI")     # struct backend: addr, port, flags, svc
+CFG = struct.Struct("<4sI16s")           # struct cfg: encap_src, has_nat, encap_src6
 U32 = struct.Struct("<I")
 COUNTS = ("new_flows", "table_hits", "moved_flows", "replies", "echo_replies")
 
 
+Address = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+
 class Backend(Params):
-    ip: ipaddress.IPv4Address = Field(description="backend address")
+    ip: Address = Field(description="backend address (the service's family)")
     port: int | None = Field(None, ge=1, le=65535,
                              description="nat mode: port at the backend (default: the service port)")
     weight: int = Field(1, ge=1, le=1000, description="share of new flows, relative to the other backends")
@@ -69,7 +77,7 @@ class Backend(Params):
 
 
 class Service(Params):
-    vip: ipaddress.IPv4Address = Field(description="virtual IP clients connect to")
+    vip: Address = Field(description="virtual IP clients connect to (IPv4 or IPv6)")
     port: int = Field(ge=1, le=65535, description="service port on the VIP")
     proto: Literal["tcp", "udp"] = Field("tcp", description="tcp or udp")
     mode: Literal["nat", "dsr", "ipip"] = Field("nat", description="nat, dsr (L2 MAC rewrite) or ipip")
@@ -80,21 +88,24 @@ class Service(Params):
     def _check(self):
         seen = set()
         for b in self.backends:
+            if b.ip.version != self.vip.version:
+                raise ValueError(f"backend {b.ip} is IPv{b.ip.version} but VIP {self.vip} is "
+                                 f"IPv{self.vip.version}; a service's backends must be of its family")
             if self.mode != "nat" and b.port not in (None, self.port):
                 raise ValueError(f"backend {b.ip}: mode {self.mode} cannot change the port "
                                  f"(the packet reaches the backend as sent); drop 'port:' or use mode nat")
             ident = (b.ip, b.port or self.port)
             if ident in seen:
-                raise ValueError(f"backend {b.ip}:{ident[1]} is listed twice")
+                raise ValueError(f"backend {_endpoint(b.ip, ident[1])} is listed twice")
             seen.add(ident)
         return self
 
     @property
     def label(self) -> str:
-        return self.name or f"{self.vip}:{self.port}/{self.proto}"
+        return self.name or f"{_endpoint(self.vip, self.port)}/{self.proto}"
 
     def key(self) -> bytes:
-        return SVC_KEY.pack(self.vip.packed, self.port.to_bytes(2, "big"), PROTOS[self.proto])
+        return SVC_KEY.pack(_addr16(self.vip), self.port.to_bytes(2, "big"), PROTOS[self.proto], self.vip.version)
 
 
 class LbParams(Params):
@@ -104,7 +115,9 @@ class LbParams(Params):
     max_flows: int = Field(65536, ge=16, le=4_194_304,
                            description="connection-table size (LRU: the least recent flow makes room)")
     idle_timeout: int = Field(300, ge=1, description="seconds a flow keeps its backend while idle")
-    encap_src: ipaddress.IPv4Address | None = Field(None, description="outer source address of ipip services")
+    encap_src: ipaddress.IPv4Address | None = Field(None, description="outer source address of IPv4 ipip services")
+    encap_src6: ipaddress.IPv6Address | None = Field(
+        None, description="outer source address of IPv6 ipip services (IPv6 in IPv6)")
     icmp_echo: bool = Field(True, description="answer echo requests (ping) to the VIPs")
 
     @field_validator("table_size")
@@ -120,16 +133,20 @@ class LbParams(Params):
         keys = [(s.vip, s.port, s.proto) for s in self.services]
         for i, k in enumerate(keys):
             if k in keys[:i]:
-                raise ValueError(f"service {k[0]}:{k[1]}/{k[2]} is defined twice")
-        if any(s.mode == "ipip" for s in self.services) and self.encap_src is None:
-            raise ValueError("ipip services need encap_src: the outer source address, e.g. the "
+                raise ValueError(f"service {_endpoint(k[0], k[1])}/{k[2]} is defined twice")
+        ipip = {s.vip.version for s in self.services if s.mode == "ipip"}
+        if 4 in ipip and self.encap_src is None:
+            raise ValueError("IPv4 ipip services need encap_src: the outer source address, e.g. the "
+                             "address of the interface towards the backends")
+        if 6 in ipip and self.encap_src6 is None:
+            raise ValueError("IPv6 ipip services need encap_src6: the outer source address, e.g. the "
                              "address of the interface towards the backends")
         return self
 
 
 class LoadBalancer(FunctionType):
     name = "loadbalancer"
-    summary = "L4 load balancer: Maglev hashing, weights, affinity, drain; nat, dsr and ipip modes (IPv4)"
+    summary = "L4 load balancer: Maglev hashing, weights, affinity, drain; nat, dsr and ipip modes (IPv4, IPv6)"
     Params = LbParams
     reasons = ("lb_no_backend", "lb_fragment", "lb_no_neighbor", "lb_encap_failed", "no_route")
     pinned_populate = True
@@ -157,7 +174,8 @@ class LoadBalancer(FunctionType):
                 tables.open("vips") as vips, tables.open("ring") as ring, tables.open("cfg") as cfg:
             _Writer(params, svcs, backends, vips, ring).write()
             cfg.update(U32.pack(0), CFG.pack((params.encap_src or ipaddress.IPv4Address(0)).packed,
-                                             int(any(s.mode == "nat" for s in params.services))))
+                                             int(any(s.mode == "nat" for s in params.services)),
+                                             (params.encap_src6 or ipaddress.IPv6Address(0)).packed))
 
     def read_counters(self, maps, params):
         out = {}
@@ -166,7 +184,7 @@ class LoadBalancer(FunctionType):
                 out[name] = sum(counts.sum_u64(U32.pack(i)))
         for svc, backend, _, stats in _backend_rows(maps, params):
             if stats[0]:
-                where = f"{svc.label} {backend.ip}:{backend.port or svc.port}"
+                where = f"{svc.label} {_endpoint(backend.ip, backend.port or svc.port)}"
                 out[f"{where} flows"] = stats[2]
                 out[f"{where} packets"] = stats[0]
         return out
@@ -175,7 +193,7 @@ class LoadBalancer(FunctionType):
         rows = []
         for svc, backend, index, stats in _backend_rows(maps, params):
             share = _share(params, svc, index)
-            rows.append([svc.label, svc.mode, f"{backend.ip}:{backend.port or svc.port}", str(backend.weight),
+            rows.append([svc.label, svc.mode, _endpoint(backend.ip, backend.port or svc.port), str(backend.weight),
                          "draining" if backend.drain else "active", f"{100 * share:.1f}%",
                          str(stats[2]), str(stats[0])])
         return ["service", "mode", "backend", "weight", "state", "table", "flows", "packets"], rows
@@ -189,7 +207,15 @@ def _caps(params) -> tuple[int, int]:
 
 def _backend_name(svc: Service, b: Backend) -> str:
     """What a backend's Maglev permutation is derived from."""
-    return f"{b.ip}:{b.port or svc.port}"
+    return _endpoint(b.ip, b.port or svc.port)
+
+
+def _endpoint(ip, port: int) -> str:
+    return f"[{ip}]:{port}" if ip.version == 6 else f"{ip}:{port}"
+
+
+def _addr16(ip) -> bytes:
+    return ip.packed.ljust(16, b"\0")
 
 
 def _table(params, svc: Service, ids: list[int]) -> tuple[int, ...]:
@@ -222,26 +248,27 @@ class _Writer:
             addr, port, flags, svc = BACKEND.unpack(value[0])
             if flags:
                 old_backends[(svc, addr, port)] = bid
-        wanted = [(svc_ids[s.key()], b.ip.packed, (b.port or s.port).to_bytes(2, "big"))
+        wanted = [(svc_ids[s.key()], _addr16(b.ip), (b.port or s.port).to_bytes(2, "big"))
                   for s in params.services for b in s.backends]
         be_ids = _keep_ids(wanted, {k: v for k, v in old_backends.items() if v < be_cap}, be_cap)
 
         for s in params.services:
             sid = svc_ids[s.key()]
             for b in s.backends:
-                ident = (sid, b.ip.packed, (b.port or s.port).to_bytes(2, "big"))
+                ident = (sid, _addr16(b.ip), (b.port or s.port).to_bytes(2, "big"))
                 self.backends.update(U32.pack(be_ids[ident]), BACKEND.pack(
                     ident[1], ident[2], DRAINING if b.drain else ACTIVE, sid))
         for s in params.services:
             sid = svc_ids[s.key()]
-            ids = [be_ids[(sid, b.ip.packed, (b.port or s.port).to_bytes(2, "big"))] for b in s.backends]
+            ids = [be_ids[(sid, _addr16(b.ip), (b.port or s.port).to_bytes(2, "big"))] for b in s.backends]
             old = old_svcs.get(s.key())
             version = (old[1] ^ 1) & 1 if old and old[0] == sid else 0
             table = _table(self.params, s, ids)
             base = (sid * 2 + version) * params.table_size
             write_array(self.ring, base, [U32.pack(t) for t in table])
             self.svcs.update(s.key(), SVC.pack(sid, version, MODES[s.mode], 0))
-        vip_flags = {s.vip.packed: ECHO if params.icmp_echo else 0 for s in params.services}
+        vip_flags = {VIP.pack(_addr16(s.vip), s.vip.version): ECHO if params.icmp_echo else 0
+                     for s in params.services}
         for vip, flags in vip_flags.items():
             self.vips.update(vip, U32.pack(flags))
 
@@ -281,7 +308,7 @@ def _backend_rows(maps, params):
                 continue
             sid = SVC.unpack(value[0])[0]
             for i, b in enumerate(s.backends):
-                bid = by_ident.get((sid, b.ip.packed, (b.port or s.port).to_bytes(2, "big")))
+                bid = by_ident.get((sid, _addr16(b.ip), (b.port or s.port).to_bytes(2, "big")))
                 if bid is not None:
                     yield s, b, i, bstats.sum_u64(U32.pack(bid))
 
