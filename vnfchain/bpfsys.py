@@ -33,6 +33,8 @@ def lib() -> ctypes.CDLL:
                                            ctypes.c_uint64]
     handle.bpf_map_update_batch.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p,
                                             ctypes.POINTER(ctypes.c_uint32), ctypes.c_void_p]
+    handle.bpf_map_lookup_batch.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p,
+                                            ctypes.c_void_p, ctypes.POINTER(ctypes.c_uint32), ctypes.c_void_p]
     handle.bpf_obj_get_info_by_fd.argtypes = [ctypes.c_int, ctypes.c_void_p,
                                               ctypes.POINTER(ctypes.c_uint32)]
     return handle
@@ -144,6 +146,29 @@ class PinnedMap:
     def delete(self, key: bytes) -> None:
         kbuf = ctypes.create_string_buffer(key, self.key_size)
         _check(lib().bpf_map_delete_elem(self.fd, kbuf), f"delete from {self.path}")
+
+    def read_array(self, start: int, count: int) -> list[bytes]:
+        """Values of entries start .. start+count-1 of a (not per-CPU) array map,
+        read in batches of syscalls rather than one per entry."""
+        out: list[bytes] = []
+        prev = ctypes.c_uint32(start - 1)
+        nxt = ctypes.c_uint32()
+        while len(out) < count:
+            want = min(count - len(out), 8192)
+            n = ctypes.c_uint32(want)
+            keys = ctypes.create_string_buffer(4 * want)
+            values = ctypes.create_string_buffer(self.value_size * want)
+            rc = lib().bpf_map_lookup_batch(self.fd, ctypes.byref(prev) if start + len(out) else None,
+                                            ctypes.byref(nxt), keys, values, ctypes.byref(n), None)
+            err = (-rc if rc < -1 else ctypes.get_errno()) if rc < 0 else 0
+            if err and err != errno.ENOENT:
+                _check(rc, f"read {self.path}")
+            raw = values.raw
+            out += [raw[i * self.value_size:(i + 1) * self.value_size] for i in range(n.value)]
+            if err or not n.value:
+                break
+            prev = ctypes.c_uint32(nxt.value)
+        return out[:count]
 
     def keys(self):
         prev = None

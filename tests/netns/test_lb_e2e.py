@@ -119,14 +119,15 @@ def test_removing_a_backend_moves_only_its_connections(lb_bed, lb):
         on = {s: where[("198.18.1.11", s.getsockname()[1])] for s in socks}
         assert set(on.values()) == set(BACKENDS), Counter(on.values())
 
-        lb(echo=backends(without=("be3",)))        # live: be3 leaves the echo service
-
-        for i, sock in enumerate(socks):
-            works = echo(sock, f"again {i}\n".encode())
-            # be3's connections now reach a backend that never saw them (reset)
-            assert works == (on[sock] != "be3"), (i, on[sock])
-        assert lb_bed.tcp_echo("client2", VIP, 7, b"new") == b"new"
-    lb(echo=backends())
+        try:
+            lb(echo=backends(without=("be3",)))        # live: be3 leaves the echo service
+            for i, sock in enumerate(socks):
+                works = echo(sock, f"again {i}\n".encode())
+                # be3's connections now reach a backend that never saw them (reset)
+                assert works == (on[sock] != "be3"), (i, on[sock])
+            assert lb_bed.tcp_echo("client2", VIP, 7, b"new") == b"new"
+        finally:
+            lb(echo=backends())
 
 
 def test_a_long_download_survives_a_drain(lb_bed, lb):
@@ -148,9 +149,9 @@ def test_a_long_download_survives_a_drain(lb_bed, lb):
         if download.poll() is None:
             download.kill()
             download.wait()
+        lb(web=backends())
     assert download.returncode == 0, err
     assert len(body) == size and set(body.split(b"\n")[:-1]) == {serving.encode()}
-    lb(web=backends())
 
 
 def test_dsr_backends_answer_the_client_directly(lb_bed, lb):

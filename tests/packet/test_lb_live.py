@@ -11,6 +11,7 @@ import yaml
 from scapy.layers.inet import IP, TCP
 
 from vnfchain import Chain
+from vnfchain.chain.deploy import Deployment
 from vnfchain.chain import deploy as deploy_mod
 from tests.chain_fixtures import MODES, chain_name, delta
 from tests.frames import eth
@@ -20,18 +21,18 @@ pytestmark = pytest.mark.root
 B1, B2, B3 = "198.18.2.11", "198.18.2.12", "198.18.2.13"
 
 
-def chain_yaml(name, mode, backends):
+def chain_yaml(name, mode, backends, table_size=4093, more=()):
     return yaml.safe_dump({"name": name, "mode": mode, "functions": {"lb": {
-        "type": "loadbalancer", "table_size": 4093,
-        "services": [{"vip": "198.18.0.100", "port": 80, "backends": backends}]}}})
+        "type": "loadbalancer", "table_size": table_size,
+        "services": [{"vip": "198.18.0.100", "port": 80, "backends": backends}, *more]}}})
 
 
 @pytest.fixture(params=MODES)
 def lb(request, deployed):   # deployed: skips without root/BCC
     name = chain_name(f"lblive{request.param[0]}")
 
-    def change(backends):
-        return Chain.from_yaml_text(chain_yaml(name, request.param, backends)).deploy(attach=[])
+    def change(backends, **kw):
+        return Chain.from_yaml_text(chain_yaml(name, request.param, backends, **kw)).deploy(attach=[])
     yield change
     deploy_mod.undeploy(name)
 
@@ -96,3 +97,53 @@ def test_new_weights_shape_new_flows(lb):
         dep = lb([{"ip": B1, "weight": 1}, {"ip": B2, "weight": 3}])
     seen = Counter(send(dep, range(40000, 42000)).values())
     assert seen[B2] / 2000 == pytest.approx(0.75, rel=0.08)
+
+
+def test_a_new_set_of_config_maps_keeps_every_flow_on_its_backend(lb):
+    eight = [{"ip": f"198.18.2.{11 + i}"} for i in range(8)]
+    dep = lb(eight)
+    flows = range(22000, 22400)
+    first = send(dep, flows)
+    old_pins = dict(dep.record["maps"])
+    # a ninth backend outgrows the backend maps and a new table size remakes the
+    # ring: the new program gets a new set of config maps, with new backend ids
+    dep = lb(eight + [{"ip": "198.18.2.19"}], table_size=4099)
+    assert dep.record["maps"] != old_pins
+    before = dep.stats()
+    assert send(dep, flows, flags="A") == first
+    assert delta(before, dep.stats())["lb"]["table_hits"] == len(flows)
+
+
+def test_a_removed_backends_id_does_not_hand_its_flows_to_the_next_backend(lb):
+    dep = lb([{"ip": B1}, {"ip": B2}, {"ip": B3}])
+    flows = range(23000, 23300)
+    first = send(dep, flows)
+    on_b3 = [s for s in flows if first[s] == B3]
+    lb([{"ip": B1}, {"ip": B2}])
+    dep = lb([{"ip": B1}, {"ip": B2}, {"ip": "198.18.2.14"}])   # may get B3's old id
+    before = dep.stats()
+    again = send(dep, flows, flags="A")
+    counted = delta(before, dep.stats())["lb"]
+    assert counted["moved_flows"] == len(on_b3) and counted["table_hits"] == len(flows) - len(on_b3)
+    assert all(again[s] == first[s] for s in flows if first[s] != B3)
+
+
+def test_a_change_that_fails_half_way_is_rolled_back(lb, monkeypatch):
+    from vnfchain.functions import loadbalancer
+    other = {"vip": "198.18.0.101", "port": 80, "backends": [{"ip": B1}]}
+    dep = lb([{"ip": B1}, {"ip": B2}], more=[other])
+    writes = []
+    real = loadbalancer.write_array
+
+    def failing(table, start, values):
+        writes.append(start)
+        if len(writes) == 2:         # the second service's table
+            raise OSError(12, "simulated: cannot allocate memory")
+        real(table, start, values)
+    monkeypatch.setattr(loadbalancer, "write_array", failing)
+    with pytest.raises(OSError, match="simulated"):
+        lb([{"ip": B1}, {"ip": B2, "drain": True}], more=[dict(other, backends=[{"ip": B2}])])
+    monkeypatch.setattr(loadbalancer, "write_array", real)
+    dep = Deployment.get(dep.name)
+    assert [row[4] for row in dep.state()["lb"][1]] == ["active", "active", "active"]
+    assert set(send(dep, range(24000, 24100)).values()) == {B1, B2}

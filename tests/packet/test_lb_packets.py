@@ -203,9 +203,11 @@ def test_ipip_wraps_the_packet_for_the_backend(lb):
 
 def test_ipip_to_an_unresolved_backend_goes_to_the_stack_encapsulated(lb):
     dep, run = lb
-    out = run(syn(8001, dst=VIP_NONEIGH))
+    frame = syn(8001, dst=VIP_NONEIGH)
+    out = run(frame)
     assert out.action == "XDP_PASS"
     assert (out.packet[IP].dst, out.packet[IP].proto) == ("198.18.2.14", 4)
+    assert out.data[:12] == bytes(frame)[:12]     # addressed to this host, as it arrived
 
 
 def syn6(sport, dst=VIP6, dport=80):

@@ -30,8 +30,9 @@ def test_removing_one_backend_moves_about_one_nth(n):
     moved = maglev.disruption(before, after)
     # the removed backend's own slots must move (1/n); Maglev moves a little more
     assert 1 / n <= moved <= 1.25 / n
-    # ... and none of the slots it did not hold changes to the removed backend
-    assert all(b != 1 for b in after)
+    # ... taken from slots the others held: few of those change hands
+    kept = [(a, b) for a, b in zip(before, after) if a != 1]
+    assert sum(a != b for a, b in kept) / len(kept) <= 0.25 / n
 
 
 def test_adding_a_backend_takes_about_its_share_from_the_others():

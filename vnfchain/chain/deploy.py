@@ -366,6 +366,24 @@ def _change(record: dict, spec: ChainSpec, say: Progress) -> "Deployment":
     return Deployment(record, last_change=kind)
 
 
+def _populate_pinned(spec: ChainSpec, edited: list, pins: dict[str, str], record: dict) -> None:
+    """Write the edited functions' config into their pinned maps; if that fails
+    half-way, write the running config back (best effort) before the error
+    goes up, so the maps and the record keep telling the same story."""
+    contexts = {f.name: ctx for f, ctx in _contexts(spec)}
+    try:
+        for f in edited:
+            f.ftype.populate(MapReader(pins, f.name), f.params, contexts[f.name])
+    except BaseException:
+        running = spec_from_dict(record["spec"])
+        old = {f.name: (f, ctx) for f, ctx in _contexts(running)}
+        for f in edited:
+            with contextlib.suppress(Exception):
+                was, ctx = old[f.name]
+                was.ftype.populate(MapReader(record["maps"], f.name), was.params, ctx)
+        raise
+
+
 def _same_generation(record: dict, spec: ChainSpec, unit: Unit, changed: list[str],
                      say: Progress) -> dict:
     """Update maps in place and replace changed functions' programs in their slots."""
@@ -373,9 +391,7 @@ def _same_generation(record: dict, spec: ChainSpec, unit: Unit, changed: list[st
         edited = _params_changed(record, spec)
         if all(f.ftype.pinned_populate for f in edited):
             # map updates only: the functions write their pinned maps without BCC
-            contexts = dict((f.name, ctx) for f, ctx in _contexts(spec))
-            for f in edited:
-                f.ftype.populate(MapReader(unit.map_pins, f.name), f.params, contexts[f.name])
+            _populate_pinned(spec, edited, unit.map_pins, record)
             return dict(record, spec=spec_to_dict(spec), sections=unit.sections, maps=unit.map_pins)
     loaded = compile_unit(unit, label=f"chain '{spec.name}'", load=[f"vc_fn_{n}" for n in changed])
     try:

@@ -24,11 +24,29 @@ Modes, per service:
   (next header 41, the flow's hash in the flow label) from ``encap_src6``;
   the backend decapsulates.
 
-Live changes to backends, weights and drains are map updates (no compile):
-a new Maglev table is written into the idle half of the service's table and
+Live changes to backends, weights, drains, modes and ``encap_src``/
+``encap_src6``/``icmp_echo`` are map updates (nothing is compiled): a new
+Maglev table is written into the idle half of the service's table and
 switched in with one map update. ``drain: true`` takes a backend out of the
 table (no new flows) while its flows continue; removing a backend moves its
-flows, others stay.
+flows, others stay. A change that fails half-way writes the running config
+back. Edits that compile (the program is replaced live, flows stay on their
+backends): ``table_size``, ``idle_timeout``, and outgrowing the room the maps
+were made with (services: 4, 8, 16 ...; backends in all: 16, 32, 64 ...) —
+then a new set of config maps is made for the new program, and per-backend
+counters start again. ``max_flows`` makes a new connection table: every flow
+is scheduled again (Maglev gives most the same backend; flows on a backend
+whose table share changed since they started are moved).
+
+Memory: the Maglev tables take 2 x (service room) x ``table_size`` x 4 bytes
+(4 services at 65537: 2 MB); the connection table ``max_flows`` x ~90 bytes
+and the nat reply table twice that.
+
+ipip specifics: the outer header adds 20 (IPv6: 40) bytes, so mind the MTU
+towards the backends; a backend without a neighbour entry gets the
+encapsulated packet through the kernel stack, which resolves it; VLAN-tagged
+frames are not encapsulated (``lb_encap_failed``). ICMP errors about a VIP's
+flow (e.g. "packet too big") are not passed to the backends.
 
 Policies: echo requests to a VIP (ICMP and ICMPv6) are answered by the chain
 (``icmp_echo``); other ICMP to a VIP passes untouched; IP fragments to a VIP are
@@ -43,6 +61,7 @@ from __future__ import annotations
 
 import ipaddress
 import struct
+from dataclasses import dataclass
 from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
@@ -57,6 +76,7 @@ ECHO = 1
 
 # addresses are 16 bytes, IPv4 in the first 4 (as in struct vc_meta), family 4 or 6 beside them
 VIP = struct.Struct("<16sB3x")           # struct vip: addr, family
+BE_KEY = struct.Struct("<20s16s2s2x")    # struct be_key: svc_key, addr, port
 SVC_KEY = struct.Struct("<16s2sBB")      # struct svc_key: vip, port (network order), proto, family
 SVC = struct.Struct("<IBBH")             # struct svc: id, version, mode
 BACKEND = struct.Struct("<16s2sBxI")     # struct backend: addr, port, flags, svc
@@ -72,7 +92,8 @@ class Backend(Params):
     ip: Address = Field(description="backend address (the service's family)")
     port: int | None = Field(None, ge=1, le=65535,
                              description="nat mode: port at the backend (default: the service port)")
-    weight: int = Field(1, ge=1, le=1000, description="share of new flows, relative to the other backends")
+    weight: int = Field(1, ge=1, le=1000,
+                        description="share of new flows relative to the other backends, 1-1000 (0: use drain)")
     drain: bool = Field(False, description="take no new flows; existing ones continue")
 
 
@@ -81,7 +102,8 @@ class Service(Params):
     port: int = Field(ge=1, le=65535, description="service port on the VIP")
     proto: Literal["tcp", "udp"] = Field("tcp", description="tcp or udp")
     mode: Literal["nat", "dsr", "ipip"] = Field("nat", description="nat, dsr (L2 MAC rewrite) or ipip")
-    name: str | None = Field(None, max_length=40, description="shown in stats (default VIP:port/proto)")
+    name: str | None = Field(None, max_length=40,
+                             description="shown in stats, up to 40 characters (default VIP:port/proto)")
     backends: list[Backend] = Field(min_length=1, description="[{ip, port, weight, drain}]")
 
     @model_validator(mode="after")
@@ -111,13 +133,16 @@ class Service(Params):
 class LbParams(Params):
     services: list[Service] = Field(min_length=1, description="[{vip, port, proto, mode, name, backends}]")
     table_size: int = Field(maglev.DEFAULT_SIZE, ge=7, le=1_000_003,
-                            description="Maglev table slots per service; a prime (default 65537)")
+                            description="Maglev table slots per service: a prime, 7-1,000,003 (default 65537)")
     max_flows: int = Field(65536, ge=16, le=4_194_304,
-                           description="connection-table size (LRU: the least recent flow makes room)")
-    idle_timeout: int = Field(300, ge=1, description="seconds a flow keeps its backend while idle")
-    encap_src: ipaddress.IPv4Address | None = Field(None, description="outer source address of IPv4 ipip services")
+                           description="connection-table size, 16-4,194,304 (LRU: the least recent "
+                                       "flow makes room)")
+    idle_timeout: int = Field(300, ge=1, le=31_536_000,
+                              description="seconds a flow keeps its backend while idle (up to a year)")
+    encap_src: ipaddress.IPv4Address | None = Field(
+        None, description="outer source address of IPv4 ipip services (required by them)")
     encap_src6: ipaddress.IPv6Address | None = Field(
-        None, description="outer source address of IPv6 ipip services (IPv6 in IPv6)")
+        None, description="outer source address of IPv6 ipip services (required by them)")
     icmp_echo: bool = Field(True, description="answer echo requests (ping) to the VIPs")
 
     @field_validator("table_size")
@@ -154,48 +179,54 @@ class LoadBalancer(FunctionType):
     def maps(self, params):
         svcs, backends = _caps(params)
         return [
-            MapSpec("cfg", "array", 1, "encap source, whether replies need translating"),
+            MapSpec("cfg", "array", 1, "encap sources, whether replies need translating"),
             MapSpec("vips", "hash", svcs, "virtual IPs -> flags"),
             MapSpec("svcs", "hash", svcs, "VIP, port, protocol -> service id, live table half, mode"),
             MapSpec("ring", "array", 2 * svcs * params.table_size,
                     "two Maglev tables per service: the live one and the next"),
             MapSpec("backends", "array", backends, "backend id -> address, port, state, service"),
+            MapSpec("beidx", "hash", backends, "service and backend address -> backend id"),
+            MapSpec("bstats", "percpu_array", backends, "packets, bytes, new flows per backend"),
             MapSpec("flows", "lru_hash", params.max_flows, "connection table: client flow -> backend"),
             MapSpec("rev", "lru_hash", 2 * params.max_flows, "nat mode: backend reply -> VIP and port"),
-            MapSpec("bstats", "percpu_array", backends, "packets, bytes, new flows per backend"),
             MapSpec("counts", "percpu_array", 8, "function counters"),
         ]
 
     def template_vars(self, params, ctx):
-        return {"table_size": params.table_size, "idle_timeout": params.idle_timeout}
+        svcs, backends = _caps(params)
+        return {"table_size": params.table_size, "idle_timeout": params.idle_timeout,
+                "shape": f"{svcs}x{backends}x{params.table_size}"}
 
     def populate(self, tables, params, ctx):
-        with tables.open("svcs") as svcs, tables.open("backends") as backends, \
-                tables.open("vips") as vips, tables.open("ring") as ring, tables.open("cfg") as cfg:
-            _Writer(params, svcs, backends, vips, ring).write()
+        with tables.open("cfg") as cfg:
+            # first: a new ipip or nat service must find its settings in place
             cfg.update(U32.pack(0), CFG.pack((params.encap_src or ipaddress.IPv4Address(0)).packed,
                                              int(any(s.mode == "nat" for s in params.services)),
                                              (params.encap_src6 or ipaddress.IPv6Address(0)).packed))
+        with tables.open("svcs") as svcs, tables.open("backends") as backends, tables.open("beidx") as beidx, \
+                tables.open("vips") as vips, tables.open("ring") as ring:
+            _Writer(params, svcs, backends, beidx, vips, ring).write()
 
     def read_counters(self, maps, params):
         out = {}
         with maps.open("counts") as counts:
             for i, name in enumerate(COUNTS):
                 out[name] = sum(counts.sum_u64(U32.pack(i)))
-        for svc, backend, _, stats in _backend_rows(maps, params):
-            if stats[0]:
-                where = f"{svc.label} {_endpoint(backend.ip, backend.port or svc.port)}"
-                out[f"{where} flows"] = stats[2]
-                out[f"{where} packets"] = stats[0]
+        for row in _backend_rows(maps, params):
+            if row.stats[0]:
+                where = f"{row.svc.label} {_endpoint(row.backend.ip, row.backend.port or row.svc.port)}"
+                out[f"{where} flows"] = row.stats[2]
+                out[f"{where} packets"] = row.stats[0]
         return out
 
     def state_rows(self, maps, params):
+        """What the data path holds: each backend's state and share of its
+        service's live table, read from the maps."""
         rows = []
-        for svc, backend, index, stats in _backend_rows(maps, params):
-            share = _share(params, svc, index)
-            rows.append([svc.label, svc.mode, _endpoint(backend.ip, backend.port or svc.port), str(backend.weight),
-                         "draining" if backend.drain else "active", f"{100 * share:.1f}%",
-                         str(stats[2]), str(stats[0])])
+        for row in _backend_rows(maps, params, shares=True):
+            rows.append([row.svc.label, row.svc.mode, _endpoint(row.backend.ip, row.backend.port or row.svc.port),
+                         str(row.backend.weight), {ACTIVE: "active", DRAINING: "draining"}.get(row.flags, "?"),
+                         f"{100 * row.share:.1f}%", str(row.stats[2]), str(row.stats[0])])
         return ["service", "mode", "backend", "weight", "state", "table", "flows", "packets"], rows
 
 
@@ -218,19 +249,29 @@ def _addr16(ip) -> bytes:
     return ip.packed.ljust(16, b"\0")
 
 
+def _port(svc: Service, b: Backend) -> bytes:
+    return (b.port or svc.port).to_bytes(2, "big")
+
+
 def _table(params, svc: Service, ids: list[int]) -> tuple[int, ...]:
     return maglev.build(tuple((bid, _backend_name(svc, b), 0 if b.drain else b.weight)
                               for bid, b in zip(ids, svc.backends)), params.table_size)
 
 
 class _Writer:
-    """Writes a config into the maps so that no lookup ever sees a half-written
-    state: backends first, then each service's next table into the idle half of
-    its ring and one map update to switch to it, then what is gone is removed.
-    Services and backends keep their ids across changes (flows refer to them)."""
+    """Writes a config into the maps so that no lookup sees a half-written state.
 
-    def __init__(self, params, svcs, backends, vips, ring):
-        self.params, self.svcs, self.backends, self.vips, self.ring = params, svcs, backends, vips, ring
+    Every table is built before any map is touched. Then: the backends (new ones,
+    and new states: a draining backend may still be picked by the old table,
+    which the data path allows), each service's next table into the idle half
+    of its ring and one map update to switch to it, and last what is gone.
+    Services and backends keep their ids while the maps live; a flow also
+    remembers its backend's address, so it finds the backend again when the
+    ids change with a new set of maps."""
+
+    def __init__(self, params, svcs, backends, beidx, vips, ring):
+        self.params = params
+        self.svcs, self.backends, self.beidx, self.vips, self.ring = svcs, backends, beidx, vips, ring
 
     def write(self) -> None:
         params = self.params
@@ -243,29 +284,30 @@ class _Writer:
         svc_ids = _keep_ids([s.key() for s in params.services],
                             {k: v[0] for k, v in old_svcs.items() if v[0] < svc_cap}, svc_cap)
         old_backends = {}
-        for bid in range(self.backends.max_entries):
-            value = self.backends.lookup(U32.pack(bid))
-            addr, port, flags, svc = BACKEND.unpack(value[0])
+        for bid, value in enumerate(self.backends.read_array(0, self.backends.max_entries)):
+            addr, port, flags, svc = BACKEND.unpack(value)
             if flags:
                 old_backends[(svc, addr, port)] = bid
-        wanted = [(svc_ids[s.key()], _addr16(b.ip), (b.port or s.port).to_bytes(2, "big"))
-                  for s in params.services for b in s.backends]
-        be_ids = _keep_ids(wanted, {k: v for k, v in old_backends.items() if v < be_cap}, be_cap)
+        ident = {(s.key(), b.ip, b.port or s.port): (svc_ids[s.key()], _addr16(b.ip), _port(s, b))
+                 for s in params.services for b in s.backends}
+        be_ids = _keep_ids(list(ident.values()), {k: v for k, v in old_backends.items() if v < be_cap}, be_cap)
+        tables = {}
+        for s in params.services:
+            ids = [be_ids[ident[(s.key(), b.ip, b.port or s.port)]] for b in s.backends]
+            tables[s.key()] = _table(params, s, ids)
 
         for s in params.services:
             sid = svc_ids[s.key()]
             for b in s.backends:
-                ident = (sid, _addr16(b.ip), (b.port or s.port).to_bytes(2, "big"))
-                self.backends.update(U32.pack(be_ids[ident]), BACKEND.pack(
-                    ident[1], ident[2], DRAINING if b.drain else ACTIVE, sid))
+                who = ident[(s.key(), b.ip, b.port or s.port)]
+                self.backends.update(U32.pack(be_ids[who]), BACKEND.pack(
+                    who[1], who[2], DRAINING if b.drain else ACTIVE, sid))
+                self.beidx.update(BE_KEY.pack(s.key(), who[1], who[2]), U32.pack(be_ids[who]))
         for s in params.services:
             sid = svc_ids[s.key()]
-            ids = [be_ids[(sid, _addr16(b.ip), (b.port or s.port).to_bytes(2, "big"))] for b in s.backends]
             old = old_svcs.get(s.key())
             version = (old[1] ^ 1) & 1 if old and old[0] == sid else 0
-            table = _table(self.params, s, ids)
-            base = (sid * 2 + version) * params.table_size
-            write_array(self.ring, base, [U32.pack(t) for t in table])
+            write_array(self.ring, (sid * 2 + version) * params.table_size, [U32.pack(t) for t in tables[s.key()]])
             self.svcs.update(s.key(), SVC.pack(sid, version, MODES[s.mode], 0))
         vip_flags = {VIP.pack(_addr16(s.vip), s.vip.version): ECHO if params.icmp_echo else 0
                      for s in params.services}
@@ -276,6 +318,9 @@ class _Writer:
             self.svcs.delete(key)
         for vip in set(self.vips.keys()) - set(vip_flags):
             self.vips.delete(vip)
+        wanted_idx = {BE_KEY.pack(s.key(), _addr16(b.ip), _port(s, b)) for s in params.services for b in s.backends}
+        for key in set(self.beidx.keys()) - wanted_idx:
+            self.beidx.delete(key)
         for bid in set(old_backends.values()) - set(be_ids.values()):
             self.backends.update(U32.pack(bid), bytes(BACKEND.size))
 
@@ -283,7 +328,8 @@ class _Writer:
 def _keep_ids(wanted: list, old: dict, cap: int) -> dict:
     """Ids for ``wanted`` keys below ``cap``: a key keeps its old id; new keys
     take the lowest ids nobody held, then ids of keys that are going away (whose
-    entries live until the end of the write)."""
+    entries live until the end of the write). A flow whose backend's id went to
+    another backend notices: it remembers its backend's address."""
     ids = {k: old[k] for k in wanted if k in old}
     taken = set(ids.values())
     held = set(old.values())
@@ -294,28 +340,38 @@ def _keep_ids(wanted: list, old: dict, cap: int) -> dict:
     return ids
 
 
-def _backend_rows(maps, params):
-    """(service, backend, its index in the service, [packets, bytes, flows])."""
-    with maps.open("svcs") as svcs, maps.open("backends") as backends, maps.open("bstats") as bstats:
+@dataclass
+class _Row:
+    svc: Service
+    backend: Backend
+    flags: int
+    stats: list[int]          # packets, bytes, new flows
+    share: float = 0.0        # of the service's live table
+
+
+def _backend_rows(maps, params, shares: bool = False):
+    """A row per configured backend the maps hold, from the maps."""
+    with maps.open("svcs") as svcs, maps.open("backends") as backends, maps.open("bstats") as bstats, \
+            maps.open("ring") as ring:
         by_ident = {}
-        for bid in range(backends.max_entries):
-            addr, port, flags, svc = BACKEND.unpack(backends.lookup(U32.pack(bid))[0])
+        for bid, value in enumerate(backends.read_array(0, backends.max_entries)):
+            addr, port, flags, svc = BACKEND.unpack(value)
             if flags:
-                by_ident[(svc, addr, port)] = bid
+                by_ident[(svc, addr, port)] = (bid, flags)
         for s in params.services:
             value = svcs.lookup(s.key())
             if not value:
                 continue
-            sid = SVC.unpack(value[0])[0]
-            for i, b in enumerate(s.backends):
-                bid = by_ident.get((sid, _addr16(b.ip), (b.port or s.port).to_bytes(2, "big")))
-                if bid is not None:
-                    yield s, b, i, bstats.sum_u64(U32.pack(bid))
-
-
-def _share(params, svc: Service, index: int) -> float:
-    """The share of the service's table its backend number ``index`` holds."""
-    return maglev.shares(_table(params, svc, list(range(len(svc.backends))))).get(index, 0.0)
+            sid, version, _, _ = SVC.unpack(value[0])
+            held = {}
+            if shares:
+                size = params.table_size
+                table = [U32.unpack(v)[0] for v in ring.read_array((sid * 2 + version) * size, size)]
+                held = maglev.shares(table)
+            for b in s.backends:
+                found = by_ident.get((sid, _addr16(b.ip), _port(s, b)))
+                if found:
+                    yield _Row(s, b, found[1], bstats.sum_u64(U32.pack(found[0])), held.get(found[0], 0.0))
 
 
 def _next_prime(n: int) -> int:
