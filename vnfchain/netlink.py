@@ -19,7 +19,8 @@ XDP_FLAGS_SKB_MODE = 1 << 1
 XDP_FLAGS_DRV_MODE = 1 << 2
 XDP_FLAGS_REPLACE = 1 << 4
 MODE_FLAGS = {"native": XDP_FLAGS_DRV_MODE, "generic": XDP_FLAGS_SKB_MODE}
-ATTACHED_MODES = {1: "native", 2: "generic", 3: "offload"}  # IFLA_XDP_ATTACHED values
+# IFLA_XDP_ATTACHED values, as numbers or as pyroute2 names them
+ATTACHED_MODES = {1: "native", 2: "generic", 3: "offload", "xdp": "native", "skb": "generic", "hw": "offload"}
 
 
 def netns_exists(netns: str | None) -> bool:

@@ -2,13 +2,20 @@
 disturbed by someone else's failure."""
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 
 from vnfchain import Chain, CompileError, DeployError, VerifierError
 from vnfchain.chain import deploy as deploy_mod
 from vnfchain.chain.compile import compile_unit
 from vnfchain.chain.render import Unit
+from vnfchain import netlink
 from tests.chain_fixtures import chain_name
+from tests.scratch_netns import scratch_netns
 
 pytestmark = pytest.mark.root
 
@@ -112,3 +119,34 @@ def test_errors_name_the_function_at_fault(bpf, mode, tmp_path):
     finally:
         import shutil
         shutil.rmtree(deploy_mod.pin_root() / chain_name("blame"), ignore_errors=True)
+
+
+DIE_AFTER_ATTACH = """
+import os, sys
+from vnfchain import Chain
+from vnfchain.chain import deploy
+attach = deploy._attach
+def attach_then_die(*args, **kwargs):
+    attach(*args, **kwargs)
+    os._exit(3)          # killed between attaching and recording the change
+deploy._attach = attach_then_die
+Chain.from_yaml_text(sys.argv[1]).deploy()
+"""
+
+
+def test_undeploy_after_a_crash_while_a_live_change_attached_an_interface(bpf):
+    ns = f"vctd{os.getpid()}"
+    name = chain_name("crashatt")
+    text = "name: {name}\nattach: [{points}]\nfunctions:\n  c: {{type: counter}}\n"
+    with scratch_netns(ns, {"a0": [], "b0": []}) as (_, index, _ip):
+        Chain.from_yaml_text(text.format(name=name, points=f"{{interface: a0, netns: {ns}}}")).deploy()
+        try:
+            both = text.format(name=name, points=f"{{interface: a0, netns: {ns}}}, {{interface: b0, netns: {ns}}}")
+            child = subprocess.run([sys.executable, "-c", DIE_AFTER_ATTACH, both], capture_output=True,
+                                   cwd=Path(__file__).resolve().parents[2])
+            assert child.returncode == 3, child.stderr.decode()
+            assert netlink.xdp_state(index["b0"], ns)            # attached, but not recorded as such
+        finally:
+            deploy_mod.undeploy(name)
+        assert netlink.xdp_state(index["b0"], ns) is None and netlink.xdp_state(index["a0"], ns) is None
+    assert leftovers(name) == []

@@ -461,6 +461,10 @@ def _swap_attachments(old: dict, new: dict, spec: ChainSpec, targets, new_fd: in
                 attachments.append(current)
             else:
                 say(f"attaching to {point}")
+                # noted on disk first: if this process dies before the change is
+                # recorded, undeploy still finds (and detaches) this interface
+                old.setdefault("pending", []).append(_attachment(point, index, None))
+                _write_record(old)
                 mode = _attach(new_fd, point, index, spec.xdp_mode)
                 a = _attachment(point, index, mode)
                 done.append((a, "attached"))
@@ -469,6 +473,7 @@ def _swap_attachments(old: dict, new: dict, spec: ChainSpec, targets, new_fd: in
             say(f"detaching from {gone['interface']}@{gone['netns'] or 'root'}")
             netlink.xdp_detach(gone["ifindex"], gone["mode"], gone["netns"], expected_fd=old_fd)
         new["attachments"] = attachments
+        new.pop("pending", None)
     except BaseException:
         for a, how in reversed(done):
             with contextlib.suppress(Exception):
@@ -560,12 +565,18 @@ def _teardown(record: dict) -> list[str]:
                 os.close(fd)
     still_ours = []
     try:
-        for a in record.get("attachments", []):
+        listed = record.get("attachments", [])
+        known = {(a["interface"], a["netns"]) for a in listed}
+        # pending: interfaces a live change was attaching when it stopped short
+        pending = [a for a in record.get("pending", []) if (a["interface"], a["netns"]) not in known]
+        for a in listed + pending:
             where = f"{a['interface']}@{a['netns'] or 'root'}"
             state = _attached(a)
             if state is None or state[0] not in entries:
-                warnings.append(f"{where}: no program of this chain was attached any more; left as is")
+                if a in listed:
+                    warnings.append(f"{where}: no program of this chain was attached any more; left as is")
                 continue
+            a = dict(a, mode=a["mode"] or state[1])
             if not netlink.xdp_detach(a["ifindex"], a["mode"], a["netns"], expected_fd=entries[state[0]]):
                 still_ours.append(where)
     finally:
