@@ -123,11 +123,13 @@ static __always_inline struct vc_l7_span vc_l7_http_host(struct xdp_md *ctx, __u
 	if (!start)
 		return span;
 	span.off = start;
-	start = vc_l7_forget(span, slot).off;
+	start = vc_l7_forget(span, slot).off;   /* once after the search, once after the spaces */
 #pragma unroll
 	for (int i = 0; i < 4; i++)     /* optional white space */
 		if (vc_l7_byte(ctx, start) == ' ' || vc_l7_byte(ctx, start) == '\t')
 			start++;
+	span.off = start;
+	start = vc_l7_forget(span, slot).off;
 	for (__u64 i = 0; i < 256; i++) {
 		int c = vc_l7_byte(ctx, start + (__u32)i);
 
