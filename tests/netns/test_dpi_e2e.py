@@ -13,9 +13,9 @@ import textwrap
 
 import pytest
 
+from tests.chain_fixtures import chain_name
 from vnfchain import Chain
 from vnfchain.errors import TestbedError
-from tests.chain_fixtures import chain_name
 
 pytestmark = pytest.mark.root
 

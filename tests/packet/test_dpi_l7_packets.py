@@ -17,12 +17,12 @@ from scapy.layers.inet import IP, TCP, UDP
 from scapy.layers.inet6 import IPv6
 from scapy.layers.l2 import Ether
 
+from tests.chain_fixtures import MODES, chain_name, delta
 from vnfchain import Chain
 from vnfchain.chain import deploy as deploy_mod
 from vnfchain.cli import cli, commands  # noqa: F401  (registers the commands)
 from vnfchain.dpi.l7 import NAME_MAX, Request, first_app_rule
 from vnfchain.events import EventReader
-from tests.chain_fixtures import MODES, chain_name, delta
 
 pytestmark = pytest.mark.root
 
@@ -92,6 +92,7 @@ LONG = ".".join(["x" * 20] * 4)   # 83 bytes before the domain: longer than the 
 CASES = [
     ("host below a wildcard is dropped", lambda: http("www.bad.example"), "XDP_DROP", "app1000", ()),
     ("host in any case, with a port", lambda: http("WWW.Bad.EXAMPLE:8080"), "XDP_DROP", "app1000", ()),
+    ("a fully qualified host (trailing dot)", lambda: http("www.bad.example."), "XDP_DROP", "app1000", ()),
     ("a long host below a wildcard", lambda: http(f"{LONG}.bad.example"), "XDP_DROP", "app1000", ()),
     ("the wildcard's own domain is not below it", lambda: http("bad.example"), "XDP_TX", "app1009", ("web",)),
     ("nor a name that merely ends alike", lambda: http("xbad.example"), "XDP_TX", "app1009", ("web",)),
@@ -192,6 +193,27 @@ def test_kernel_verdicts_equal_the_reference(seed):
             if got != SEEN_AS[apps[want].action if want is not None else None]:
                 wrong.append(f"{request}: kernel {got}, reference rule {want}")
         assert not wrong, f"{len(wrong)} differ, e.g. " + "; ".join(wrong[:3])
+    finally:
+        deploy_mod.undeploy(name)
+
+
+def test_a_new_app_rule_is_a_config_change_and_holds_from_the_next_packet():
+    name = chain_name("l7live")
+    rules = ['{app: dns, qname: "*.evil.example", action: drop}']
+
+    def chain():
+        return Chain.from_yaml_text(f"name: {name}\nfunctions:\n  dpi:\n    type: dpi\n"
+                                    f"    apps: [{', '.join(rules)}]\n    next: out\n"
+                                    f"  out: {{type: counter, verdict: tx}}\n")
+    dep = chain().deploy(attach=[])
+    try:
+        assert dep.run(dns("www.spam.example")).action == "XDP_TX"
+        rules.insert(0, '{app: dns, qname: "*.spam.example", action: drop}')
+        changed = chain().deploy(attach=[])
+        assert changed.last_change == "config"
+        assert changed.run(dns("www.spam.example")).action == "XDP_DROP"
+        assert changed.run(dns("www.evil.example")).action == "XDP_DROP"
+        assert changed.run(dns("www.example")).action == "XDP_TX"
     finally:
         deploy_mod.undeploy(name)
 

@@ -8,8 +8,8 @@ import random
 import pytest
 from pydantic import ValidationError
 
-from vnfchain.dpi.l7 import (NAME_MAX, AppRule, Request, first_app_rule, name_key, path_key,
-                             trie_entries, KINDS, TRUNCATED)
+from vnfchain.dpi.l7 import (KINDS, NAME_MAX, TRUNCATED, AppRule, Request, first_app_rule, name_key,
+                             path_key, trie_entries)
 from vnfchain.functions.dpi import DpiParams
 
 

@@ -23,7 +23,6 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-
 NAME_MAX = 64          # name bytes the kernel compares (the *last* 64 of longer names)
 HTTP_SCAN = 512        # request bytes searched for the Host header
 MAX_RULES = 64
@@ -38,8 +37,9 @@ _NAME = re.compile(r"^(\*\.)?([a-z0-9_-]+\.)*[a-z0-9_-]+$")
 
 
 def normalize(name: str) -> str:
-    """How the data path sees a host name: lowercase, no trailing dot."""
-    return name.lower().rstrip(".")
+    """How the data path sees a host name: lowercase, without one trailing dot."""
+    name = name.lower()
+    return name.removesuffix(".")
 
 
 def check_pattern(pattern: str) -> str:
@@ -153,7 +153,7 @@ def _name_matches(pattern: str | None, name: str | None) -> bool:
         return True
     if name is None:
         return False
-    name = name.lower()
+    name = normalize(name)
     if len(name) > NAME_MAX:     # the kernel sees the last NAME_MAX bytes, and no exact match
         return pattern.startswith("*.") and name.endswith(pattern[1:])
     if pattern.startswith("*."):

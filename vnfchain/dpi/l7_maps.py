@@ -7,12 +7,11 @@ import struct
 
 from .. import bpfsys
 from ..functions.base import MapSpec, headroom, replace_contents, write_array
-from .l7 import (KINDS, MAX_RULES, METHODS, NAME_MAX, HTTP_SCAN, PATH_KIND, TRUNCATED, AppRule,
+from .l7 import (HTTP_SCAN, KINDS, MAX_RULES, METHODS, NAME_MAX, PATH_KIND, TRUNCATED, AppRule,
                  method_masks, method_token, rule_ids, trie_entries)
 
 EVENT_RING_BYTES = 256 * 1024
 EVENT = struct.Struct("<QII16s16sHHBBBx")       # struct <p>_event without its name
-EVENT_SIZE = (EVENT.size + NAME_MAX + 1 + 7) // 8 * 8
 PROTO_NAMES = {6: "tcp", 17: "udp"}
 APP_NAMES = {0: "signature", **{v: k for k, v in KINDS.items()}}
 
@@ -29,7 +28,8 @@ def map_specs(rules: list[AppRule], signatures: int) -> list[MapSpec]:
 
 
 def template_vars(rules: list[AppRule]) -> dict:
-    return {"l7": {"name_max": NAME_MAX, "http_scan": HTTP_SCAN, "rules": len(rules),
+    # whether there are rules, not how many: adding one stays a config change
+    return {"l7": {"name_max": NAME_MAX, "http_scan": HTTP_SCAN, "on": int(bool(rules)),
                    "kinds": {**KINDS, "path": PATH_KIND}}}
 
 
@@ -63,9 +63,7 @@ def read_counters(maps, rules: list[AppRule]) -> dict[str, int]:
                 out[f"app{rule_id}_hits"] = n
     with maps.open("alerts") as alerts:
         sent, lost = alerts.sum_u64(bytes(4))
-    if sent or lost:
-        out.update(alerts_sent=sent, alerts_lost=lost)
-    return out
+    return out | {"alerts_sent": sent, "alerts_lost": lost}
 
 
 def decode_event(raw: bytes) -> dict:

@@ -144,13 +144,9 @@ def dns_query(tb: "Testbed", src: str, server: str, name: str, *, port: int = 53
     addresses answered, or None if no answer came within ``timeout`` s."""
     query_id = int(time.monotonic_ns() & 0xFFFF)
     query = struct.pack("!HHHHHH", query_id, 0x0100, 1, 0, 0, 0) + dns_name(name) + struct.pack("!HH", 1, 1)
-    with socket_in(tb.netns(src), socket.AF_INET, socket.SOCK_DGRAM) as sock:
-        sock.settimeout(timeout)
-        try:
-            sock.sendto(query, (str(server), port))
-            reply, _ = sock.recvfrom(4096)
-        except (socket.timeout, ConnectionRefusedError):
-            return None
+    reply = udp_echo(tb, src, server, port, query, timeout=timeout)   # one datagram there and back
+    if reply is None:
+        return None
     if reply[:2] != query[:2]:
         raise TestbedError(f"dns {src} -> {server}: an answer to another query came back")
     answers, (_, _, p) = struct.unpack_from("!H", reply, 6)[0], dns_question(reply)

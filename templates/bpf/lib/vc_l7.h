@@ -41,6 +41,16 @@ static __always_inline __u8 *vc_l7_at(struct xdp_md *ctx, __u32 off, __u32 len)
 	return vc_at(ctx, off & (VC_MAX_OFF - 1), len);
 }
 
+/* i as an index into a name buffer, masked where the verifier sees it (the
+ * empty asm again keeps the compiler from dropping a mask it knows is moot) */
+static __always_inline __u32 vc_l7_index(__u64 i)
+{
+	__u32 at = i;
+
+	asm volatile("" : "+r"(at));
+	return at & (VC_L7_NAME_MAX - 1);
+}
+
 static __always_inline int vc_l7_byte(struct xdp_md *ctx, __u32 off)
 {
 	__u8 *b = vc_l7_at(ctx, off, 1);
@@ -215,14 +225,19 @@ static __always_inline int vc_l7_whole(struct xdp_md *ctx, struct vc_l7_span spa
 
 /* zero the buffer, then copy the name at span into it: lowercased, last byte
  * first, at most VC_L7_NAME_MAX bytes (the end of a longer name), then the
- * terminator; returns the bytes copied */
+ * terminator; one trailing dot ("www.example.", a fully qualified name) is
+ * left out. Returns the bytes copied. */
 static __always_inline __u32 vc_l7_copy_reversed(struct xdp_md *ctx, struct vc_l7_span span, __u8 *buf)
 {
-	__u32 n = span.len < VC_L7_NAME_MAX ? span.len : VC_L7_NAME_MAX;
+	__u32 n;
 
 	__builtin_memset(buf, 0, VC_L7_NAME_MAX + 1);
 	if (!vc_l7_whole(ctx, span))
 		return 0;
+	if (vc_l7_byte(ctx, span.off + span.len - 1) == '.')
+		span.len--;
+	n = span.len < VC_L7_NAME_MAX ? span.len : VC_L7_NAME_MAX;
+	asm volatile("" : "+r"(n));     /* keeps the loop's own bound: the verifier needs it */
 	for (__u64 r = 0; r < VC_L7_NAME_MAX; r++) {
 		int c;
 
@@ -231,7 +246,7 @@ static __always_inline __u32 vc_l7_copy_reversed(struct xdp_md *ctx, struct vc_l
 		c = vc_l7_byte(ctx, span.off + span.len - 1 - (__u32)r);
 		if (c < 0)
 			return 0;
-		buf[r & (VC_L7_NAME_MAX - 1)] = vc_l7_lower(c);
+		buf[vc_l7_index(r)] = vc_l7_lower(c);
 	}
 	if (span.len > VC_L7_NAME_MAX)
 		buf[VC_L7_NAME_MAX] = VC_L7_NAME_TRUNCATED;
@@ -252,7 +267,7 @@ static __always_inline __u32 vc_l7_copy(struct xdp_md *ctx, struct vc_l7_span sp
 		c = vc_l7_byte(ctx, span.off + (__u32)i);
 		if (c < 0)
 			return 0;
-		buf[i & (VC_L7_NAME_MAX - 1)] = c;
+		buf[vc_l7_index(i)] = c;
 	}
 	return span.len;
 }
@@ -271,7 +286,7 @@ static __always_inline void vc_l7_dns_dots(struct xdp_md *ctx, struct vc_l7_span
 			return;
 		r = span.len - 1 - at;  /* its place in the reversed buffer */
 		if (r < VC_L7_NAME_MAX)
-			buf[r & (VC_L7_NAME_MAX - 1)] = '.';
+			buf[vc_l7_index(r)] = '.';
 		len = vc_l7_byte(ctx, span.off + at);
 		if (len < 0)
 			return;
