@@ -13,7 +13,7 @@ fi
 
 # --- Debian packages -------------------------------------------------------
 pkgs=(python3-bpfcc python3-venv python3-pip iproute2 iputils-ping curl
-      netcat-openbsd ethtool procps kmod graphviz libbpf1 nftables)
+      netcat-openbsd ethtool procps kmod graphviz libbpf1 nftables openssl)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")

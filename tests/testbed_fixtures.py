@@ -3,6 +3,8 @@
     def test_something(pvp_bed):          # module-scoped pvp bed, always torn down
         assert pvp_bed.ping("client", pvp_bed.addr("server")).ok
 
+    def test_dpi(sfc_bed): ...            # the same for the sfc bed
+
     def test_other(testbed):              # bring up any topology; torn down after the test
         tb = testbed("topologies/lb.yaml")
 
@@ -67,14 +69,25 @@ def testbed():
         tb.down()
 
 
-@pytest.fixture(scope="module")
-def pvp_bed():
-    """The pvp topology (client -- dut -- server), up for the whole module."""
+def _module_bed(topology: str, suffix: str):
     _need_root()
-    name = bed_name("pvp")
+    name = bed_name(suffix)
     build.down(name)  # a bed of ours left by a killed earlier run with the same pid
-    tb = Testbed.up(TOPOLOGIES / "pvp.yaml", name=name)
+    tb = Testbed.up(TOPOLOGIES / topology, name=name)
     try:
         yield tb
     finally:
         tb.down()
+
+
+@pytest.fixture(scope="module")
+def pvp_bed():
+    """The pvp topology (client -- dut -- server), up for the whole module."""
+    yield from _module_bed("pvp.yaml", "pvp")
+
+
+@pytest.fixture(scope="module")
+def sfc_bed():
+    """The sfc topology (client -- dut -- server, server2; http, tls, dns, echo
+    services), up for the whole module."""
+    yield from _module_bed("sfc.yaml", "sfc")

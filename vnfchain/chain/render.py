@@ -158,6 +158,7 @@ def _body(spec: ChainSpec, f: FunctionSpec, pin_dir: str, map_pins: dict[str, st
 
 
 _VC_MAP = re.compile(r'VC_MAP(?:_F)?\(\s*"(\w+)"\s*,\s*([^,]+?)\s*,\s*([^,]+?)\s*,\s*(\w+)\s*,\s*([^)]+?)\s*\)')
+_VC_RINGBUF = re.compile(r"VC_RINGBUF\(\s*(\w+)\s*,\s*([^)]+?)\s*\)")
 
 
 def _map_pins(body: str, pin_dir: str) -> dict[str, str]:
@@ -167,6 +168,8 @@ def _map_pins(body: str, pin_dir: str) -> dict[str, str]:
     for kind, key, value, name, size in _VC_MAP.findall(body):
         definition = "|".join([kind, _type_text(body, key), _type_text(body, value), size])
         pins[name] = f"{pin_dir}/maps/{name}-{_digest(_expand(definition, macros))[:8]}"
+    for name, size in _VC_RINGBUF.findall(body):
+        pins[name] = f"{pin_dir}/maps/{name}-{_digest(_expand(f'ringbuf|{size}', macros))[:8]}"
     return pins
 
 

@@ -1,4 +1,4 @@
-"""Chain commands: functions, validate, render, graph, deploy, ls, status, stats, undeploy."""
+"""Chain commands: functions, validate, render, graph, deploy, ls, status, stats, events, undeploy."""
 from __future__ import annotations
 
 import json
@@ -297,6 +297,32 @@ def stats(name, as_json, watch, all_counters):
                          for fn in now_stats}
                 live.update(_stats_table(d.name, now_stats, rates, all_counters))
                 previous, then = now_stats, now
+        except KeyboardInterrupt:
+            pass
+
+
+@cli.command(epilog="""\b
+Examples:
+  vnfchain events edge                       # until Ctrl-C
+  vnfchain events edge --json --count 1 --timeout 10
+
+\b
+One line per alert (a dpi signature or app rule with action: alert): time,
+function, rule id, what matched, protocol, source -> destination. Alerts that
+came while nobody read wait in the chain (about 2,000 per dpi function) and are
+shown first; beyond that they are counted as alerts_lost in `vnfchain stats`.
+Caveat: readers share the ring's read position: two readers split the events.""")
+@click.argument("name")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object per line.")
+@click.option("--count", type=click.IntRange(min=1), help="Stop after this many events.")
+@click.option("--timeout", type=click.FloatRange(min=0), help="Stop after this many seconds.")
+def events(name, as_json, count, timeout):
+    """Print the alert events of a running chain as they come."""
+    from ..events import EventReader, format_event
+    with EventReader(Deployment.get(name)) as reader:
+        try:
+            for event in reader.events(timeout=timeout, count=count):
+                click.echo(json.dumps(event) if as_json else format_event(event))
         except KeyboardInterrupt:
             pass
 

@@ -11,6 +11,24 @@ Limits (this first version): up to 64 contents over all signatures, case-
 sensitive matching, the first ``max_scan`` bytes of a single packet's TCP/UDP
 payload — no stream reassembly, so a pattern split across packets or beyond
 ``max_scan`` is not seen.
+
+App rules (``apps``) name an application and, optionally, what it asks for:
+``http`` (``host``, ``method``, ``path`` prefix), ``tls`` (``sni``, from the
+ClientHello) or ``dns`` (``qname`` of a UDP/53 query). Names are compared
+case-insensitively, exactly or as ``*.domain`` (any name below domain, not
+domain itself); a rule without a name matches the whole application, e.g.
+``{app: http, action: label, label: web}`` sends HTTP one way and
+``{app: tls, action: label, label: tls}`` TLS another. App rules see what the
+signatures let continue; the first matching rule decides. ``action: alert``
+(signatures too) also sends an event with the rule id, the 5-tuple and the
+name: ``vnfchain events CHAIN`` prints them.
+
+Limits of app rules: up to 64; the request line and Host must be in the
+first packet of the connection, Host within its first 512 bytes and before
+the end of the headers; the SNI in the first packet of the ClientHello; one
+DNS question, UDP only, no TCP/53. Names are compared on their last 64 bytes
+(a longer name matches wildcards of up to 64 bytes, never an exact name);
+paths on their first 64 bytes, raw (no %-decoding).
 """
 from __future__ import annotations
 
@@ -19,6 +37,7 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 
 from .. import bpfsys
+from ..dpi import l7, l7_maps
 from ..dpi.automaton import build, parse_content
 from .base import FunctionType, MapSpec, Params, headroom, write_array
 
@@ -56,7 +75,8 @@ class Signature(Params):
 
 
 class DpiParams(Params):
-    signatures: list[Signature] = Field(min_length=1, description="ordered; the first full match decides")
+    signatures: list[Signature] = Field([], description="ordered; the first full match decides")
+    apps: list[l7.AppRule] = Field([], max_length=l7.MAX_RULES, description="ordered app rules (HTTP, TLS SNI, DNS), after the signatures")
     max_scan: int = Field(256, ge=16, le=1500, description="payload bytes scanned per packet")
 
     @model_validator(mode="after")
@@ -64,9 +84,11 @@ class DpiParams(Params):
         n = sum(len(s.contents()) for s in self.signatures)
         if n > MAX_CONTENTS:
             raise ValueError(f"{n} contents; this version matches up to {MAX_CONTENTS} in all")
-        ids = [s.id for s in self.signatures]
+        if not self.signatures and not self.apps:
+            raise ValueError("a dpi function needs signatures, apps or both")
+        ids = [s.id for s in self.signatures] + l7.rule_ids(self.apps)
         if len(set(ids)) != len(ids):
-            raise ValueError("signature ids must be unique")
+            raise ValueError("signature and app rule ids must be unique")
         return self
 
 
@@ -84,7 +106,7 @@ class Dpi(FunctionType):
     name = "dpi"
     summary = "payload signatures (content, offset, depth) in one Aho–Corasick DFA; drop/pass/label/alert"
     Params = DpiParams
-    reasons = ("signature",)
+    reasons = ("signature", "app_rule")
 
     def maps(self, params):
         automaton, _ = _compiled(params)
@@ -95,13 +117,14 @@ class Dpi(FunctionType):
             MapSpec("window", "array", params.max_scan, "contents allowed to end at a payload byte"),
             MapSpec("sigs", "array", headroom(len(params.signatures), 16), "signatures in order"),
             MapSpec("hits", "percpu_array", headroom(len(params.signatures), 16), "packets per signature"),
-        ]
+        ] + l7_maps.map_specs(params.apps, len(params.signatures))
 
     def labels(self, params):
-        return {s.label for s in params.signatures if s.label}
+        return {s.label for s in [*params.signatures, *params.apps] if s.label}
 
     def template_vars(self, params, ctx):
-        return {"max_scan": params.max_scan, "sigs": headroom(len(params.signatures), 16)}
+        return {"max_scan": params.max_scan, "sigs": headroom(len(params.signatures), 16),
+                **l7_maps.template_vars(params.apps)}
 
     def populate(self, tables, params, ctx):
         automaton, windows = _compiled(params)
@@ -118,13 +141,15 @@ class Dpi(FunctionType):
             n = len(s.contents())
             mask = ((1 << n) - 1) << first
             first += n
-            verdict = LABEL_BASE + ctx.label_ids[s.label] if s.action == "label" else VERDICTS[s.action]
+            verdict = _verdict(s, ctx)
             dport = ((s.dport & 0xFF) << 8 | s.dport >> 8) if s.dport else 0
             sigs.append(mask.to_bytes(8, "little") + verdict.to_bytes(4, "little", signed=True)
                         + bytes([PROTOS.get(s.proto, 0), 0]) + dport.to_bytes(2, "little"))
         sigs += [bytes(16)] * (tables["sigs"].max_entries - len(sigs))   # clear what a longer list left
         write_array(tables["sigs"], 0, sigs)
         write_array(tables["hits"], 0, [bytes(8 * bpfsys.possible_cpus())] * tables["hits"].max_entries)
+        l7_maps.populate(tables, params.apps, [_verdict(r, ctx) for r in params.apps],
+                         [s.id for s in params.signatures])
 
     def read_counters(self, maps, params):
         out = {}
@@ -133,5 +158,13 @@ class Dpi(FunctionType):
                 n = sum(hits.sum_u64(i.to_bytes(4, "little")))
                 if n:
                     out[f"sig{s.id}_hits"] = n
-        return out
+        return out | l7_maps.read_counters(maps, params.apps)
+
+    def decode_event(self, raw: bytes) -> dict:
+        return l7_maps.decode_event(raw)
+
+
+def _verdict(rule, ctx) -> int:
+    """A signature's or app rule's verdict as the kernel spells it."""
+    return LABEL_BASE + ctx.label_ids[rule.label] if rule.action == "label" else VERDICTS[rule.action]
 

@@ -175,6 +175,12 @@ class Testbed:
     def udp_echo(self, src: str, addr: str, port: int, payload: bytes, **kw) -> bytes | None:
         return traffic.udp_echo(self, src, addr, port, payload, **kw)
 
+    def tls_hello(self, src: str, addr: str, port: int, server_name: str, **kw) -> str:
+        return traffic.tls_hello(self, src, addr, port, server_name, **kw)
+
+    def dns_query(self, src: str, server: str, name: str, **kw) -> list[str] | None:
+        return traffic.dns_query(self, src, server, name, **kw)
+
     def send_expect(self, src_host: str, src_if: str, packets, dst_host: str, dst_if: str, **kw) -> list:
         return traffic.send_expect(self, src_host, src_if, packets, dst_host, dst_if, **kw)
 

@@ -55,7 +55,7 @@ HOST_NAME = re.compile(r"[a-z][a-z0-9-]{0,14}")
 IFNAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 SYSCTL = re.compile(r"net\.[A-Za-z0-9_.-]+")
 
-SERVICE_PROTO = {"http": "tcp", "tcp-echo": "tcp", "udp-echo": "udp"}
+SERVICE_PROTO = {"http": "tcp", "tcp-echo": "tcp", "udp-echo": "udp", "tls": "tcp", "dns": "udp"}
 
 
 class _Model(BaseModel):
@@ -104,9 +104,11 @@ class Service(_Model):
 
     ``http`` answers ``GET /`` with the host's name (``GET /whoami`` with the
     client's ``ip:port`` as the server saw it); ``tcp-echo`` and ``udp-echo``
-    send back what they receive; ``command`` runs ``argv`` as given."""
+    send back what they receive; ``tls`` completes a handshake for any server
+    name and sends the host's name; ``dns`` answers every A query with
+    198.18.0.53; ``command`` runs ``argv`` as given."""
 
-    type: Literal["http", "tcp-echo", "udp-echo", "command"]
+    type: Literal["http", "tcp-echo", "udp-echo", "tls", "dns", "command"]
     port: int | None = Field(None, ge=1, le=65535)
     argv: tuple[str, ...] | None = None
     proto: Literal["tcp", "udp"] | None = None  # for `command`: how to check readiness

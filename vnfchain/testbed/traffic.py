@@ -3,11 +3,13 @@
     assert tb.ping("client", "198.18.2.2").ok
     assert tb.http_get("client", "http://198.18.2.2/").body == "server\\n"
     assert tb.tcp_echo("client", "198.18.2.2", 7, b"hi") == b"hi"
+    assert tb.tls_hello("client", "198.18.2.2", 443, "www.example") == "server\\n"
+    assert tb.dns_query("client", "198.18.2.2", "www.example") == ["198.18.0.53"]
     got = tb.send_expect("client", "eth0", IP(dst="198.18.2.2")/ICMP(),
                          "server", "eth0", filter=lambda p: ICMP in p)
 
 ``ping`` and ``http_get`` run the real clients (ping, curl) inside the source
-host's namespace. The echo clients and ``send_expect`` use sockets opened
+host's namespace. The echo clients and ``send_expect``, ``tls_hello`` and ``dns_query`` use sockets opened
 inside the namespaces from this process (no subprocess, no sleeps):
 ``send_expect`` opens a packet socket on the receiving interface *before* it
 sends, so nothing is missed, and returns the frames that arrived there.
@@ -16,11 +18,14 @@ from __future__ import annotations
 
 import re
 import socket
+import ssl
+import struct
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable, Iterable
 
 from ..errors import TestbedError
+from .agent import dns_name, dns_question
 from .netlink import socket_in
 
 if TYPE_CHECKING:
@@ -70,8 +75,11 @@ def ping(tb: "Testbed", src: str, dst: str, count: int = 3, *, interval: float =
 _STATUS_MARK = "\n--vnfchain-http-status:"
 
 
-def http_get(tb: "Testbed", src: str, url: str, *, timeout: float = 3.0) -> HttpResult:
+def http_get(tb: "Testbed", src: str, url: str, *, timeout: float = 3.0, headers=()) -> HttpResult:
+    """``headers``: extra request headers, e.g. ``["Host: www.example"]``."""
     argv = ["curl", "-sS", "--noproxy", "*", "--max-time", f"{timeout:g}", "-w", _STATUS_MARK + "%{http_code}", url]
+    for header in headers:
+        argv[1:1] = ["-H", header]
     proc = tb.exec(src, argv)
     body, _, status = proc.stdout.rpartition(_STATUS_MARK)
     return HttpResult(int(status or 0), body, proc.stderr.strip())
@@ -106,6 +114,49 @@ def udp_echo(tb: "Testbed", src: str, addr: str, port: int, payload: bytes, *,
         except (socket.timeout, ConnectionRefusedError):
             return None
     return data
+
+
+def tls_hello(tb: "Testbed", src: str, addr: str, port: int, server_name: str, *,
+              timeout: float = 2.0) -> str:
+    """Open a TLS connection from ``src`` asking for ``server_name`` (SNI) and
+    return what the server sent before closing (the bed's ``tls`` service sends
+    its host's name). The certificate is not checked: beds use throwaway ones.
+    Raises TestbedError if the connection or the handshake fails."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    with socket_in(tb.netns(src), socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.settimeout(timeout)
+        try:
+            sock.connect((str(addr), port))
+            with context.wrap_socket(sock, server_hostname=server_name) as conn:
+                chunks = []
+                while data := conn.recv(4096):
+                    chunks.append(data)
+        except (OSError, ssl.SSLError) as exc:
+            raise TestbedError(f"tls {src} -> {addr}:{port} ({server_name}): {exc.strerror or exc}") from None
+    return b"".join(chunks).decode(errors="replace")
+
+
+def dns_query(tb: "Testbed", src: str, server: str, name: str, *, port: int = 53,
+              timeout: float = 1.0) -> list[str] | None:
+    """Ask ``server`` (UDP) for the A records of ``name`` from ``src``: the
+    addresses answered, or None if no answer came within ``timeout`` s."""
+    query_id = int(time.monotonic_ns() & 0xFFFF)
+    query = struct.pack("!HHHHHH", query_id, 0x0100, 1, 0, 0, 0) + dns_name(name) + struct.pack("!HH", 1, 1)
+    reply = udp_echo(tb, src, server, port, query, timeout=timeout)   # one datagram there and back
+    if reply is None:
+        return None
+    if reply[:2] != query[:2]:
+        raise TestbedError(f"dns {src} -> {server}: an answer to another query came back")
+    answers, (_, _, p) = struct.unpack_from("!H", reply, 6)[0], dns_question(reply)
+    addresses = []
+    for _ in range(answers):      # each: name pointer, type, class, ttl, length, data
+        rtype, length = struct.unpack_from("!H", reply, p + 2)[0], struct.unpack_from("!H", reply, p + 10)[0]
+        if rtype == 1 and length == 4:
+            addresses.append(socket.inet_ntoa(reply[p + 12:p + 16]))
+        p += 12 + length
+    return addresses
 
 
 def send_expect(tb: "Testbed", src_host: str, src_if: str, packets, dst_host: str, dst_if: str, *,

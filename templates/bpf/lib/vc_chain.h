@@ -54,6 +54,22 @@ struct vc_row {
 #define VC_MAP_F(type, key, value, name, size, flags) \
 	BPF_TABLE_PINNED(type, key, value, name, size, VC_PIN_##name, flags)
 
+/* a function's ring buffer of events for user space (size in bytes: a power
+ * of two, at least a page), pinned like VC_MAP's maps so that a later process
+ * (`vnfchain events`) can read it; BCC's BPF_RINGBUF_OUTPUT cannot be pinned */
+#define VC_RINGBUF(name, size) \
+	struct name##_table_t { \
+		int key; \
+		u32 leaf; \
+		int (*ringbuf_output)(void *, u64, u64); \
+		void *(*ringbuf_reserve)(u64); \
+		void (*ringbuf_discard)(void *, u64); \
+		void (*ringbuf_submit)(void *, u64); \
+		u32 max_entries; \
+	}; \
+	__attribute__((section("maps/ringbuf:" VC_PIN_##name))) \
+	struct name##_table_t name = { .max_entries = (size) }
+
 static __always_inline int vc_drop(struct vc_meta *meta, __u8 reason)
 {
 	meta->reason = reason;
