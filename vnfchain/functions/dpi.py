@@ -1,28 +1,21 @@
-"""dpi: payload signatures, matched in the kernel by one Aho–Corasick DFA.
-
-A signature is one or more ``content``s (text with ``|hex|`` blocks; all must
-be present), optionally with ``offset``/``depth`` (where in the payload a
-content may lie), ``proto`` and ``dport``, and an action: ``drop``, ``pass``
-(to the kernel stack, skipping the rest of the chain), ``label`` (branch to
-``next: {label: ...}``) or ``alert`` (counted, the packet continues). The
-first signature in the list whose contents were all seen decides.
-
-Limits (this first version): up to 64 contents over all signatures, case-
-sensitive matching, the first ``max_scan`` bytes of a single packet's TCP/UDP
-payload — no stream reassembly, so a pattern split across packets or beyond
-``max_scan`` is not seen.
-"""
+"""dpi: payload signatures, matched in the kernel by one Aho–Corasick DFA."""
 from __future__ import annotations
 
+from array import array
+from dataclasses import dataclass
+from functools import lru_cache
 from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
 from .. import bpfsys
-from ..dpi.automaton import build, parse_content
+from ..dpi.automaton import FOUND, Automaton, build, parse_content
 from .base import FunctionType, MapSpec, Params, headroom, write_array
 
-MAX_CONTENTS = 64
+MAX_SIG_CONTENTS = 64        # contents of one signature: bits of its progress word
+MAX_TABLE_BYTES = 256 << 20  # the DFA table: states x byte classes x 4 bytes
+CHUNK_BITS = 20              # table chunks of 2^20 entries: 4 MiB, the largest array map value
+WORK = 1024                  # match events + (event, content) pairs examined per packet
 PROTOS = {"tcp": 6, "udp": 17}
 VERDICTS = {"drop": 1, "pass": 2, "alert": 0}   # VC_DROP, VC_PASS, VC_CONTINUE
 LABEL_BASE = 16
@@ -30,18 +23,23 @@ LABEL_BASE = 16
 
 class Signature(Params):
     id: int = Field(ge=1, description="signature id, shown in stats")
-    content: str | list[str] = Field(description="text with |hex| blocks; a list: all must be present")
+    content: str | list[str] = Field(description="text with |hex| blocks; a list (up to 64): all must be present")
     offset: int = Field(0, ge=0, le=65535, description="contents start at or after this payload byte")
     depth: int | None = Field(None, ge=1, le=65535, description="contents end within offset+depth bytes")
     proto: Literal["tcp", "udp"] | None = Field(None, description="only this protocol")
     dport: int | None = Field(None, ge=1, le=65535, description="only this destination port")
+    nocase: bool = Field(False, description="contents match ASCII letters in either case")
     action: Literal["drop", "pass", "label", "alert"] = Field(description="what a match does")
     label: str | None = Field(None, pattern=r"^[a-z][a-z0-9_]{0,23}$", description="branch label for action: label")
 
     @field_validator("content")
     @classmethod
     def _contents(cls, v):
-        for text in v if isinstance(v, list) else [v]:
+        texts = v if isinstance(v, list) else [v]
+        if len(texts) > MAX_SIG_CONTENTS:
+            raise ValueError(f"{len(texts)} contents in one signature; it takes up to {MAX_SIG_CONTENTS}: "
+                             "split it into signatures that label and branch to another dpi function")
+        for text in texts:
             parse_content(text)
         return v
 
@@ -61,23 +59,64 @@ class DpiParams(Params):
 
     @model_validator(mode="after")
     def _limits(self):
-        n = sum(len(s.contents()) for s in self.signatures)
-        if n > MAX_CONTENTS:
-            raise ValueError(f"{n} contents; this version matches up to {MAX_CONTENTS} in all")
         ids = [s.id for s in self.signatures]
         if len(set(ids)) != len(ids):
             raise ValueError("signature ids must be unique")
+        contents = _contents(self)
+        dfa = _automaton(tuple(c.text for c in contents), tuple(c.nocase for c in contents))
+        size = dfa.states * dfa.classes * 4
+        if size > MAX_TABLE_BYTES:
+            raise ValueError(f"{len(contents)} contents compile to {dfa.states} DFA states x {dfa.classes} byte "
+                             f"classes = {size >> 20} MiB, over the {MAX_TABLE_BYTES >> 20} MiB limit of the DPI "
+                             "table; use fewer or shorter contents, or split the signatures over two dpi functions")
         return self
 
 
-def _compiled(params):
-    contents, windows = [], []
-    for s in params.signatures:
-        for c in s.contents():
-            contents.append(c)
+@dataclass(frozen=True)
+class Content:
+    """One content as the data path sees it: its signature (list index), its
+    bit in that signature's progress word, and the payload positions where
+    its last byte may lie."""
+
+    text: bytes
+    nocase: bool
+    sig: int
+    bit: int
+    first_end: int
+    last_end: int
+
+
+def _contents(params) -> list[Content]:
+    out = []
+    for n, s in enumerate(params.signatures):
+        for bit, text in enumerate(s.contents()):
             last = s.offset + s.depth - 1 if s.depth else params.max_scan - 1
-            windows.append((s.offset + len(c) - 1, last))
-    return build(contents), windows
+            out.append(Content(text, s.nocase, n, bit, s.offset + len(text) - 1, min(last, params.max_scan - 1)))
+    return out
+
+
+@lru_cache(maxsize=4)
+def _automaton(texts: tuple[bytes, ...], nocase: tuple[bool, ...]) -> Automaton:
+    """Built once per content set (validation, map sizing and populate all ask)."""
+    return build(list(texts), list(nocase), unit=4)   # entries are byte offsets
+
+
+def _compiled(params) -> tuple[Automaton, list[Content]]:
+    contents = _contents(params)
+    return _automaton(tuple(c.text for c in contents), tuple(c.nocase for c in contents)), contents
+
+
+def _table_layout(dfa: Automaton) -> tuple[int, int]:
+    """(entries per chunk, chunks): one chunk, power-of-two sized with room to
+    grow, while the table fits one map value; else 4 MiB chunks."""
+    entries = dfa.states * dfa.classes
+    if 2 * entries <= 1 << CHUNK_BITS:
+        return headroom(entries, 1024), 1
+    return 1 << CHUNK_BITS, -(-entries // (1 << CHUNK_BITS))
+
+
+def _match_count(dfa: Automaton) -> int:
+    return sum(len(o) for o in set(dfa.output))
 
 
 class Dpi(FunctionType):
@@ -87,44 +126,59 @@ class Dpi(FunctionType):
     reasons = ("signature",)
 
     def maps(self, params):
-        automaton, _ = _compiled(params)
-        states = headroom(automaton.states, 64)
+        dfa, contents = _compiled(params)
+        chunk, chunks = _table_layout(dfa)
+        sigs = headroom(len(params.signatures), 16)
         return [
-            MapSpec("delta", "array", states * 256, "state x byte -> next state (FOUND bit)"),
-            MapSpec("found", "array", states, "contents that end in a state"),
-            MapSpec("window", "array", params.max_scan, "contents allowed to end at a payload byte"),
-            MapSpec("sigs", "array", headroom(len(params.signatures), 16), "signatures in order"),
-            MapSpec("hits", "percpu_array", headroom(len(params.signatures), 16), "packets per signature"),
+            MapSpec("classes", "array", 1, "byte -> byte class"),
+            MapSpec("table", "array", chunks, f"DFA table in chunks of {chunk} entries: (state, class) -> next"),
+            MapSpec("heads", "array", headroom(dfa.states, 64), "state -> its run of match entries"),
+            MapSpec("matches", "array", headroom(_match_count(dfa), 64), "contents that end in a state"),
+            MapSpec("sigs", "array", sigs, "signatures in order"),
+            MapSpec("progress", "percpu_array", sigs, "contents of a signature seen in this packet"),
+            MapSpec("scratch", "percpu_array", 1, "this packet's match events"),
+            MapSpec("hits", "percpu_array", sigs + 1, "packets per signature; last: scans cut short"),
         ]
 
     def labels(self, params):
         return {s.label for s in params.signatures if s.label}
 
     def template_vars(self, params, ctx):
-        return {"max_scan": params.max_scan, "sigs": headroom(len(params.signatures), 16)}
+        dfa, _ = _compiled(params)
+        chunk, chunks = _table_layout(dfa)
+        return {"max_scan": params.max_scan, "sigs": headroom(len(params.signatures), 16),
+                "classes": dfa.classes, "chunk": chunk, "chunks": chunks, "chunk_bits": CHUNK_BITS,
+                "events": headroom(params.max_scan, 16) // 2, "work": WORK}
 
     def populate(self, tables, params, ctx):
-        automaton, windows = _compiled(params)
-        delta = []
-        for row in automaton.delta:
-            for nxt in row:
-                delta.append(nxt | (0x80000000 if automaton.output[nxt] else 0))
-        write_array(tables["delta"], 0, [v.to_bytes(4, "little") for v in delta])
-        write_array(tables["found"], 0, [sum(1 << p for p in out).to_bytes(8, "little") for out in automaton.output])
-        window = [sum(1 << p for p, (lo, hi) in enumerate(windows) if lo <= i <= hi) for i in range(params.max_scan)]
-        write_array(tables["window"], 0, [w.to_bytes(8, "little") for w in window])
-        sigs, first = [], 0
+        dfa, contents = _compiled(params)
+        chunk, chunks = _table_layout(dfa)
+        write_array(tables["classes"], 0, [array("H", [c * 4 for c in dfa.byte_class]).tobytes()])
+        table = dfa.table.tobytes().ljust(chunk * chunks * 4, b"\0")
+        write_array(tables["table"], 0, [table[i:i + chunk * 4] for i in range(0, len(table), chunk * 4)])
+        heads, matches, runs = [], [], {}
+        for out in dfa.output:
+            if out and out not in runs:
+                runs[out] = len(matches)
+                matches += [contents[c] for c in sorted(out)]
+            heads.append(runs.get(out, 0).to_bytes(4, "little") + len(out).to_bytes(4, "little"))
+        write_array(tables["heads"], 0, heads)
+        write_array(tables["matches"], 0, [c.sig.to_bytes(4, "little") + bytes([c.bit, 0])
+                                           + c.first_end.to_bytes(2, "little") + c.last_end.to_bytes(2, "little")
+                                           + bytes(2) for c in matches])
+        sigs = []
         for s in params.signatures:
-            n = len(s.contents())
-            mask = ((1 << n) - 1) << first
-            first += n
             verdict = LABEL_BASE + ctx.label_ids[s.label] if s.action == "label" else VERDICTS[s.action]
             dport = ((s.dport & 0xFF) << 8 | s.dport >> 8) if s.dport else 0
-            sigs.append(mask.to_bytes(8, "little") + verdict.to_bytes(4, "little", signed=True)
+            sigs.append(((1 << len(s.contents())) - 1).to_bytes(8, "little") + verdict.to_bytes(4, "little", signed=True)
                         + bytes([PROTOS.get(s.proto, 0), 0]) + dport.to_bytes(2, "little"))
         sigs += [bytes(16)] * (tables["sigs"].max_entries - len(sigs))   # clear what a longer list left
         write_array(tables["sigs"], 0, sigs)
-        write_array(tables["hits"], 0, [bytes(8 * bpfsys.possible_cpus())] * tables["hits"].max_entries)
+        cpus = bpfsys.possible_cpus()
+        # progress entries carry the packet generation of the scratch map, which a
+        # new map restarts: clear both so no old entry looks current
+        write_array(tables["progress"], 0, [bytes(16 * cpus)] * tables["progress"].max_entries)
+        write_array(tables["hits"], 0, [bytes(8 * cpus)] * tables["hits"].max_entries)
 
     def read_counters(self, maps, params):
         out = {}
@@ -133,5 +187,8 @@ class Dpi(FunctionType):
                 n = sum(hits.sum_u64(i.to_bytes(4, "little")))
                 if n:
                     out[f"sig{s.id}_hits"] = n
+            cut = sum(hits.sum_u64((hits.max_entries - 1).to_bytes(4, "little")))
+            if cut:
+                out["scans_cut_short"] = cut
         return out
 
