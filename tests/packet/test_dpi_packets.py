@@ -28,6 +28,7 @@ functions:
       - {id: 2, content: "GET ", depth: 4, action: label, label: http}
       - {id: 3, content: ["|de ad|", "beef"], proto: udp, action: alert}
       - {id: 4, content: "ssh", offset: 8, depth: 8, proto: tcp, dport: 22, action: pass}
+      - {id: 5, content: ["select ", " from|20|"], nocase: true, proto: tcp, action: drop}
     next: {http: web, default: out}
   web: {type: counter, next: out}
   out: {type: counter, verdict: tx}
@@ -50,6 +51,10 @@ CASES = [
     ("wrong port", TCP(dport=2222), b"SSH-2.0-ssh", "XDP_TX", None),
     ("past max_scan is not seen", TCP(dport=80), b"x" * 60 + b"/etc/passwd", "XDP_TX", None),
     ("just inside max_scan is", TCP(dport=80), b"x" * 53 + b"/etc/passwd", "XDP_DROP", "sig1"),
+    ("nocase: upper case", TCP(dport=3306), b"SELECT * FROM users", "XDP_DROP", "sig5"),
+    ("nocase: mixed case", TCP(dport=3306), b"sElEcT a FrOm b", "XDP_DROP", "sig5"),
+    ("nocase folds letters, not other bytes", TCP(dport=3306), b"SELECT\x00* FROM users", "XDP_TX", None),
+    ("case-sensitive content stays so", TCP(dport=80), b"get / HTTP/1.1", "XDP_TX", None),
 ]
 
 
@@ -68,7 +73,7 @@ def test_signatures(deployed, mode, desc, l4, payload, action, hit):
 
 
 def random_signatures(rng: random.Random, n: int) -> list[dict]:
-    alphabet = b"ab\x00/"
+    alphabet = b"abA\x00/"
     sigs = []
     for i in range(n):
         contents = ["".join(f"|{b:02x}|" for b in bytes(rng.choice(alphabet) for _ in range(rng.randint(1, 5))))
@@ -79,6 +84,8 @@ def random_signatures(rng: random.Random, n: int) -> list[dict]:
             sig["offset"] = rng.randint(0, 20)
         if rng.random() < 0.3:
             sig["depth"] = rng.randint(5, 40)
+        if rng.random() < 0.4:
+            sig["nocase"] = True
         sigs.append(sig)
     return sigs
 
@@ -103,7 +110,7 @@ def test_kernel_verdicts_equal_the_reference(deployed, seed):
         wrong = []
         for _ in range(150):
             size = rng.choice([max_scan - 3, max_scan, max_scan + 5, rng.randint(1, 80)])
-            payload = bytes(rng.choice(b"ab\x00/x") for _ in range(max(size, 1)))
+            payload = bytes(rng.choice(b"abAB\x00/x") for _ in range(max(size, 1)))
             want = first_signature(params, payload, "udp", 9)
             got = dep.run(pkt(UDP(dport=9), payload)).action
             if got != SEEN_AS[want.action if want else None]:
