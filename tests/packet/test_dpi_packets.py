@@ -12,6 +12,7 @@ from scapy.layers.l2 import Ether
 
 from vnfchain import Chain
 from vnfchain.chain import deploy as deploy_mod
+from vnfchain.dpi import synthetic
 from vnfchain.dpi.reference import first_signature
 from tests.chain_fixtures import MODES, chain_name, delta
 
@@ -118,3 +119,70 @@ def test_kernel_verdicts_equal_the_reference(deployed, seed):
         assert not wrong, f"{len(wrong)} differ, e.g. " + "; ".join(wrong[:3])
     finally:
         deploy_mod.undeploy(name)
+
+
+# 10,000 signatures: the table spans several map-value chunks
+BIG = synthetic.signatures(10_000)
+BIG_SCAN = 256
+
+
+@pytest.fixture(scope="module")
+def big_params():
+    return Chain.from_yaml_text(synthetic.chain_yaml("big", BIG, BIG_SCAN)).spec.function("dpi").params
+
+
+def big_payloads() -> list[tuple[str, bytes, bool]]:
+    """(description, payload, must match): contents of early and late, exact
+    and nocase signatures, case-swapped; random text"""
+    exact = [s for s in BIG if not s.get("nocase")]
+    nocase = [s for s in BIG if s.get("nocase")]
+    rng = random.Random(3)
+    out = [
+        ("first signature's content", b"GET /" + BIG[0]["content"].encode() + b" HTTP/1.1", True),
+        ("last signature's content", b"xx" + BIG[-1]["content"].encode(), True),
+        ("exact content at the end of the scan", b"y" * (BIG_SCAN - len(exact[-1]["content"]))
+         + exact[-1]["content"].encode(), True),
+        ("nocase content, case swapped", b"q " + nocase[500]["content"].swapcase().encode() + b" q", True),
+        ("exact content past the scan", b"y" * BIG_SCAN + exact[7]["content"].encode(), False),
+    ]
+    out += [(f"random text {i}", bytes(rng.choice(b"abcdefgh /.-=") for _ in range(200)), False) for i in range(4)]
+    return out
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_ten_thousand_signatures(deployed, big_params, mode):
+    dep = deployed(synthetic.chain_yaml("big", BIG, BIG_SCAN), mode)
+    for desc, payload, must_match in big_payloads():
+        want = first_signature(big_params, payload, "tcp", 80)
+        assert want is not None or not must_match, f"{desc}: the reference finds no signature"
+        before = dep.stats()
+        got = dep.run(pkt(TCP(dport=80), payload)).action
+        hits = [k for k in delta(before, dep.stats()).get("dpi", {}) if k.endswith("_hits")]
+        assert (got, hits) == (("XDP_DROP", [f"sig{want.id}_hits"]) if want else ("XDP_TX", [])), desc
+
+
+CUT = """
+name: dpicut
+functions:
+  dpi:
+    type: dpi
+    max_scan: 1500
+    signatures:
+      - {id: 1, content: "zz", action: drop}
+      - {id: 2, content: "a", nocase: true, action: alert}
+    next: out
+  out: {type: counter, verdict: tx}
+"""
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_a_scan_with_too_many_matches_to_examine_is_counted(deployed, mode):
+    dep = deployed(CUT, mode)
+    before = dep.stats()
+    assert dep.run(pkt(UDP(dport=9), b"a" * 100 + b"zz")).action == "XDP_DROP"
+    assert delta(before, dep.stats())["dpi"].get("scans_cut_short") is None
+    before = dep.stats()
+    # 1,400 matches of "a": more than the examination loop takes, so "zz" at
+    # the end is never examined; the counter says so
+    assert dep.run(pkt(UDP(dport=9), b"A" * 1400 + b"zz")).action == "XDP_TX"
+    assert delta(before, dep.stats())["dpi"]["scans_cut_short"] == 1

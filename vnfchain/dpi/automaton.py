@@ -26,11 +26,13 @@ import re
 from array import array
 from collections import deque
 from dataclasses import dataclass
+from functools import lru_cache
 
 MAX_STATES = 1 << 20
 _FOLDED = 256   # symbol of a letter in either case: _FOLDED + its lower-case byte
 
 
+@lru_cache(maxsize=1 << 16)
 def parse_content(text: str) -> bytes:
     """'abc|0d 0a|def' -> b'abc\\r\\ndef'; a clear ValueError for bad hex."""
     out = bytearray()

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from array import array
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cached_property, lru_cache
 from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
@@ -34,7 +34,7 @@ class Signature(Params):
 
     @field_validator("content")
     @classmethod
-    def _contents(cls, v):
+    def _parse_contents(cls, v):
         texts = v if isinstance(v, list) else [v]
         if len(texts) > MAX_SIG_CONTENTS:
             raise ValueError(f"{len(texts)} contents in one signature; it takes up to {MAX_SIG_CONTENTS}: "
@@ -49,8 +49,12 @@ class Signature(Params):
             raise ValueError("action: label needs label: NAME, and only label takes one")
         return self
 
+    @cached_property
+    def _parsed(self) -> tuple[bytes, ...]:
+        return tuple(parse_content(t) for t in (self.content if isinstance(self.content, list) else [self.content]))
+
     def contents(self) -> list[bytes]:
-        return [parse_content(t) for t in (self.content if isinstance(self.content, list) else [self.content])]
+        return list(self._parsed)
 
 
 class DpiParams(Params):
@@ -181,14 +185,9 @@ class Dpi(FunctionType):
         write_array(tables["hits"], 0, [bytes(8 * cpus)] * tables["hits"].max_entries)
 
     def read_counters(self, maps, params):
-        out = {}
         with maps.open("hits") as hits:
-            for i, s in enumerate(params.signatures):
-                n = sum(hits.sum_u64(i.to_bytes(4, "little")))
-                if n:
-                    out[f"sig{s.id}_hits"] = n
-            cut = sum(hits.sum_u64((hits.max_entries - 1).to_bytes(4, "little")))
-            if cut:
-                out["scans_cut_short"] = cut
+            totals = hits.u64_totals()
+        out = {f"sig{s.id}_hits": n for s, n in zip(params.signatures, totals) if n}
+        if totals[-1]:
+            out["scans_cut_short"] = totals[-1]
         return out
-
