@@ -186,3 +186,25 @@ def test_a_scan_with_too_many_matches_to_examine_is_counted(deployed, mode):
     # the end is never examined; the counter says so
     assert dep.run(pkt(UDP(dport=9), b"A" * 1400 + b"zz")).action == "XDP_TX"
     assert delta(before, dep.stats())["dpi"]["scans_cut_short"] == 1
+
+
+WEB_RULES = r'''
+drop tcp any any -> any 80 (msg:"sqli"; content:"union"; nocase; content:"select"; nocase; sid:101;)
+alert tcp any any -> any 80 (msg:"passwd"; content:"/etc/passwd"; depth:32; sid:100;)
+'''
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_rules_file_verdicts(deployed, tmp_path, mode):
+    rules_file = tmp_path / "web.rules"
+    rules_file.write_text(WEB_RULES)
+    dep = deployed(f"name: dpirules\nfunctions:\n  dpi:\n    type: dpi\n    rules_file: {rules_file}\n"
+                   "    next: out\n  out: {type: counter, verdict: tx}\n", mode)
+    for payload, action, hit in [(b"GET /?q=1 UNION SELECT pw", "XDP_DROP", "sig101"),
+                                 (b"GET /?q=1 union all", "XDP_TX", None),
+                                 (b"GET /../../etc/passwd", "XDP_TX", "sig100"),
+                                 (b"GET /" + b"x" * 32 + b"/etc/passwd", "XDP_TX", None)]:
+        before = dep.stats()
+        assert dep.run(pkt(TCP(dport=80), payload)).action == action, payload
+        hits = [k for k in delta(before, dep.stats()).get("dpi", {}) if k.endswith("_hits")]
+        assert hits == ([f"{hit}_hits"] if hit else []), payload

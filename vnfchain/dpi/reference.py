@@ -18,7 +18,7 @@ def occurs(content: bytes, payload: bytes, offset: int, depth: int | None, max_s
 
 def first_signature(params, payload: bytes, proto: str, dport: int):
     """The deciding signature, or None."""
-    for s in params.signatures:
+    for s in params.all_signatures:
         if s.proto and s.proto != proto:
             continue
         if s.dport and s.dport != dport:

@@ -1,15 +1,18 @@
 """dpi: payload signatures, matched in the kernel by one Aho–Corasick DFA."""
 from __future__ import annotations
 
+import os
 from array import array
+from collections import Counter
 from dataclasses import dataclass
 from functools import cached_property, lru_cache
 from typing import Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from .. import bpfsys
-from ..dpi.automaton import FOUND, Automaton, build, parse_content
+from ..dpi.automaton import Automaton, build, parse_content
+from ..dpi.rules import RuleError, rules
 from .base import FunctionType, MapSpec, Params, headroom, write_array
 
 MAX_SIG_CONTENTS = 64        # contents of one signature: bits of its progress word
@@ -58,14 +61,54 @@ class Signature(Params):
 
 
 class DpiParams(Params):
-    signatures: list[Signature] = Field(min_length=1, description="ordered; the first full match decides")
+    signatures: list[Signature] = Field(default_factory=list,
+                                        description="ordered; the first full match decides")
+    rules_file: str | None = Field(None, description="Suricata-style rules read after signatures (see "
+                                   "vnfchain/dpi/rules.py for the subset); relative to the chain file")
     max_scan: int = Field(256, ge=16, le=1500, description="payload bytes scanned per packet")
+
+    @field_validator("rules_file")
+    @classmethod
+    def _rules_path(cls, v, info: ValidationInfo):
+        chain_file = (info.context or {}).get("chain_file")
+        if v is not None and chain_file and not os.path.isabs(v):
+            return os.path.join(os.path.dirname(os.path.abspath(chain_file)), v)
+        return v
+
+    @cached_property
+    def all_signatures(self) -> tuple[Signature, ...]:
+        """signatures, then the rules of rules_file, in order."""
+        if self.rules_file is None:
+            return tuple(self.signatures)
+        try:
+            with open(self.rules_file) as f:
+                text = f.read()
+        except OSError as exc:
+            raise ValueError(f"rules_file {self.rules_file}: {exc.strerror}; check the path "
+                             "(a relative one is relative to the chain file)") from None
+        out = list(self.signatures)
+        try:
+            found = rules(text)
+        except RuleError as exc:
+            raise ValueError(f"rules_file {self.rules_file}, {exc}") from None
+        for line, sig in found:
+            try:
+                out.append(Signature.model_validate(sig))
+            except ValidationError as exc:
+                err = exc.errors()[0]
+                field = {"id": "sid"}.get(str(err["loc"][0]), err["loc"][0]) if err["loc"] else "rule"
+                msg = err["msg"].removeprefix("Value error, ")
+                raise ValueError(f"rules_file {self.rules_file}, line {line}: {field}: {msg}") from None
+        return tuple(out)
 
     @model_validator(mode="after")
     def _limits(self):
-        ids = [s.id for s in self.signatures]
+        if not self.all_signatures:
+            raise ValueError("no signatures: give signatures: [...] or a rules_file with rules")
+        ids = [s.id for s in self.all_signatures]
         if len(set(ids)) != len(ids):
-            raise ValueError("signature ids must be unique")
+            dup = next(i for i, n in Counter(ids).items() if n > 1)
+            raise ValueError(f"signature ids must be unique (sid in rules); {dup} is used twice")
         contents = _contents(self)
         dfa = _automaton(tuple(c.text for c in contents), tuple(c.nocase for c in contents))
         size = dfa.states * dfa.classes * 4
@@ -92,7 +135,7 @@ class Content:
 
 def _contents(params) -> list[Content]:
     out = []
-    for n, s in enumerate(params.signatures):
+    for n, s in enumerate(params.all_signatures):
         for bit, text in enumerate(s.contents()):
             last = s.offset + s.depth - 1 if s.depth else params.max_scan - 1
             out.append(Content(text, s.nocase, n, bit, s.offset + len(text) - 1, min(last, params.max_scan - 1)))
@@ -132,7 +175,7 @@ class Dpi(FunctionType):
     def maps(self, params):
         dfa, contents = _compiled(params)
         chunk, chunks = _table_layout(dfa)
-        sigs = headroom(len(params.signatures), 16)
+        sigs = headroom(len(params.all_signatures), 16)
         return [
             MapSpec("classes", "array", 1, "byte -> byte class"),
             MapSpec("table", "array", chunks, f"DFA table in chunks of {chunk} entries: (state, class) -> next"),
@@ -145,12 +188,12 @@ class Dpi(FunctionType):
         ]
 
     def labels(self, params):
-        return {s.label for s in params.signatures if s.label}
+        return {s.label for s in params.all_signatures if s.label}
 
     def template_vars(self, params, ctx):
         dfa, _ = _compiled(params)
         chunk, chunks = _table_layout(dfa)
-        return {"max_scan": params.max_scan, "sigs": headroom(len(params.signatures), 16),
+        return {"max_scan": params.max_scan, "sigs": headroom(len(params.all_signatures), 16),
                 "classes": dfa.classes, "chunk": chunk, "chunks": chunks, "chunk_bits": CHUNK_BITS,
                 "events": headroom(params.max_scan, 16) // 2, "work": WORK}
 
@@ -171,7 +214,7 @@ class Dpi(FunctionType):
                                            + c.first_end.to_bytes(2, "little") + c.last_end.to_bytes(2, "little")
                                            + bytes(2) for c in matches])
         sigs = []
-        for s in params.signatures:
+        for s in params.all_signatures:
             verdict = LABEL_BASE + ctx.label_ids[s.label] if s.action == "label" else VERDICTS[s.action]
             dport = ((s.dport & 0xFF) << 8 | s.dport >> 8) if s.dport else 0
             sigs.append(((1 << len(s.contents())) - 1).to_bytes(8, "little") + verdict.to_bytes(4, "little", signed=True)
@@ -187,7 +230,7 @@ class Dpi(FunctionType):
     def read_counters(self, maps, params):
         with maps.open("hits") as hits:
             totals = hits.u64_totals()
-        out = {f"sig{s.id}_hits": n for s, n in zip(params.signatures, totals) if n}
+        out = {f"sig{s.id}_hits": n for s, n in zip(params.all_signatures, totals) if n}
         if totals[-1]:
             out["scans_cut_short"] = totals[-1]
         return out
