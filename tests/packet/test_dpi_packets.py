@@ -208,3 +208,33 @@ def test_rules_file_verdicts(deployed, tmp_path, mode):
         assert dep.run(pkt(TCP(dport=80), payload)).action == action, payload
         hits = [k for k in delta(before, dep.stats()).get("dpi", {}) if k.endswith("_hits")]
         assert hits == ([f"{hit}_hits"] if hit else []), payload
+
+
+LIVE = """
+name: {name}
+functions:
+  dpi:
+    type: dpi
+    signatures: {sigs}
+    next: out
+  out: {{type: counter, verdict: tx}}
+"""
+
+
+def test_new_contents_are_a_map_update_not_a_new_program():
+    name = chain_name("dpilive")
+    first = [{"id": 1, "content": "/etc/passwd", "action": "drop"}]
+    second = [{"id": 2, "content": "cmd.EXE", "nocase": True, "action": "drop"},   # new bytes, new classes
+              {"id": 3, "content": "|de ad be ef|", "action": "pass"}]
+    try:
+        dep = Chain.from_yaml_text(LIVE.format(name=name, sigs=first)).deploy(attach=[])
+        progs = [f["prog_id"] for f in dep.record["functions"]]
+        assert dep.run(pkt(TCP(dport=80), b"GET /etc/passwd")).action == "XDP_DROP"
+        dep = Chain.from_yaml_text(LIVE.format(name=name, sigs=second)).deploy(attach=[])
+        assert dep.last_change == "config"
+        assert [f["prog_id"] for f in dep.record["functions"]] == progs
+        assert dep.run(pkt(TCP(dport=80), b"GET /etc/passwd")).action == "XDP_TX"
+        assert dep.run(pkt(TCP(dport=80), b"GET /Cmd.exe")).action == "XDP_DROP"
+        assert dep.run(pkt(UDP(dport=9), b"\xde\xad\xbe\xef")).action == "XDP_PASS"
+    finally:
+        deploy_mod.undeploy(name)
