@@ -58,10 +58,9 @@ def frame(data: bytes) -> bytes:
 
 def table_size(chain: Chain) -> str:
     automaton, _ = dpi._compiled(chain.spec.function("dpi").params)
-    chunk, chunks = dpi._table_layout(automaton)
     return (f"{automaton.states} states x {automaton.classes} byte classes = "
-            f"{automaton.states * automaton.classes * 4 / 2**20:.1f} MiB table ({chunks} map value(s) of "
-            f"{chunk * 4 / 2**20:.2f} MiB)")
+            f"{automaton.states * automaton.classes * 4 / 2**20:.1f} MiB table (map value of "
+            f"{dpi._table_size(automaton) * 4 / 2**20:.2f} MiB)")
 
 
 def main() -> None:

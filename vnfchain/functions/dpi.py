@@ -21,10 +21,11 @@ max_scan (default 256, at most 1500): payload bytes scanned per packet.
 
 Scale: contents compile to one DFA whose rows have an entry per byte class
 (bytes no content tells apart share one), walked 8 payload bytes per bounds
-check; about 2.6 ns per scanned byte for tens of signatures, 3.3-8.3 ns for
-10,000 text signatures (89k states x 71 classes: a 24 MiB table), see
-perf/results/dpi-per-byte.md. Over 2^20 states or a 256 MiB table, the chain
-is refused with an error saying which.
+check: about 2.7 ns per scanned byte for tens of signatures; for 10,000 text
+signatures (89k states x 71 classes, a 24 MiB table in a 32 MiB map value)
+3.0 ns on binary payloads and 8.1 ns on text that walks deep states (cache
+misses); see perf/results/dpi-per-byte.md. Over 2^20 states or a 256 MiB
+table, the chain is refused with an error saying which.
 
 Limits — what this does not see:
 - one packet at a time: no TCP stream reassembly and no IP defragmentation, so a
@@ -34,7 +35,7 @@ Limits — what this does not see:
   missed (padding the start evades);
 - raw bytes only: no decoding of URL/percent encoding, HTTP chunking or
   compression, TLS, or character encodings; nocase folds ASCII letters only;
-- per packet, at most 1024 steps examine where contents ended; a packet with
+- per packet, at most 512 steps examine where contents ended; a packet with
   more matches (say, a one-byte content repeated) is cut short, counted as
   scans_cut_short, and its later matches are missed — prefer long contents.
 """
@@ -55,9 +56,8 @@ from ..dpi.rules import RuleError, rules
 from .base import FunctionType, MapSpec, Params, headroom, write_array
 
 MAX_SIG_CONTENTS = 64        # contents of one signature: bits of its progress word
-MAX_TABLE_BYTES = 256 << 20  # the DFA table: states x byte classes x 4 bytes
-CHUNK_BITS = 20              # table chunks of 2^20 entries: 4 MiB, the largest array map value
-WORK = 1024                  # match events + (event, content) pairs examined per packet
+MAX_TABLE_BYTES = 256 << 20  # the DFA table: states x byte classes x 4 bytes, one map value
+WORK = 512                  # match events + (event, content) pairs examined per packet
 PROTOS = {"tcp": 6, "udp": 17}
 VERDICTS = {"drop": 1, "pass": 2, "alert": 0}   # VC_DROP, VC_PASS, VC_CONTINUE
 LABEL_BASE = 16
@@ -147,11 +147,10 @@ class DpiParams(Params):
         if len(set(ids)) != len(ids):
             dup = next(i for i, n in Counter(ids).items() if n > 1)
             raise ValueError(f"signature ids must be unique (sid in rules); {dup} is used twice")
-        contents = _contents(self)
-        dfa = _automaton(tuple(c.text for c in contents), tuple(c.nocase for c in contents))
+        dfa = _automaton_of(self.all_signatures)
         size = dfa.states * dfa.classes * 4
         if size > MAX_TABLE_BYTES:
-            raise ValueError(f"{len(contents)} contents compile to {dfa.states} DFA states x {dfa.classes} byte "
+            raise ValueError(f"{len(dfa.patterns)} contents compile to {dfa.states} DFA states x {dfa.classes} byte "
                              f"classes = {size >> 20} MiB, over the {MAX_TABLE_BYTES >> 20} MiB limit of the DPI "
                              "table; use fewer or shorter contents, or split the signatures over two dpi functions")
         return self
@@ -186,18 +185,23 @@ def _automaton(texts: tuple[bytes, ...], nocase: tuple[bool, ...]) -> Automaton:
     return build(list(texts), list(nocase), unit=4)   # entries are byte offsets
 
 
+def _automaton_of(signatures) -> Automaton:
+    texts = tuple(text for s in signatures for text in s.contents())
+    return _automaton(texts, tuple(s.nocase for s in signatures for _ in s.contents()))
+
+
 def _compiled(params) -> tuple[Automaton, list[Content]]:
-    contents = _contents(params)
-    return _automaton(tuple(c.text for c in contents), tuple(c.nocase for c in contents)), contents
+    return _automaton_of(params.all_signatures), _contents(params)
 
 
-def _table_layout(dfa: Automaton) -> tuple[int, int]:
-    """(entries per chunk, chunks): one chunk, power-of-two sized with room to
-    grow, while the table fits one map value; else 4 MiB chunks."""
+def _table_size(dfa: Automaton) -> int:
+    """Entries of the table's map value: a power of two (the data path masks
+    offsets into it), with room to grow while small."""
     entries = dfa.states * dfa.classes
-    if 2 * entries <= 1 << CHUNK_BITS:
-        return headroom(entries, 1024), 1
-    return 1 << CHUNK_BITS, -(-entries // (1 << CHUNK_BITS))
+    size = 1024
+    while size < entries or (size < 2 * entries and size < 1 << 20):
+        size *= 2
+    return size
 
 
 def _match_count(dfa: Automaton) -> int:
@@ -212,11 +216,10 @@ class Dpi(FunctionType):
 
     def maps(self, params):
         dfa, contents = _compiled(params)
-        chunk, chunks = _table_layout(dfa)
         sigs = headroom(len(params.all_signatures), 16)
         return [
             MapSpec("classes", "array", 1, "byte -> byte class"),
-            MapSpec("table", "array", chunks, f"DFA table in chunks of {chunk} entries: (state, class) -> next"),
+            MapSpec("table", "array", 1, "DFA table, one value: (state, class) -> next state"),
             MapSpec("heads", "array", headroom(dfa.states, 64), "state -> its run of match entries"),
             MapSpec("matches", "array", headroom(_match_count(dfa), 64), "contents that end in a state"),
             MapSpec("sigs", "array", sigs, "signatures in order"),
@@ -230,18 +233,15 @@ class Dpi(FunctionType):
 
     def template_vars(self, params, ctx):
         dfa, _ = _compiled(params)
-        chunk, chunks = _table_layout(dfa)
         return {"max_scan": params.max_scan, "sigs": headroom(len(params.all_signatures), 16),
-                "chunk": chunk, "chunks": chunks, "chunk_bits": CHUNK_BITS,
+                "table": _table_size(dfa),
                 "events": headroom(params.max_scan, 16) // 2, "work": WORK}
 
     def populate(self, tables, params, ctx):
         dfa, contents = _compiled(params)
-        chunk, chunks = _table_layout(dfa)
         write_array(tables["classes"], 0, [array("H", [c * 4 for c in dfa.byte_class]).tobytes()
                                            + (dfa.classes * 4).to_bytes(4, "little") + bytes(4)])
-        table = dfa.table.tobytes().ljust(chunk * chunks * 4, b"\0")
-        write_array(tables["table"], 0, [table[i:i + chunk * 4] for i in range(0, len(table), chunk * 4)])
+        write_array(tables["table"], 0, [dfa.table.tobytes().ljust(_table_size(dfa) * 4, b"\0")])
         heads, matches, runs = [], [], {}
         for out in dfa.output:
             if out and out not in runs:
