@@ -3,10 +3,12 @@
 The DFA is what the data path walks one byte at a time. Bytes first map to
 **byte classes** (``byte_class[byte]``): bytes that no content tells apart
 share a class, so a DFA row has one entry per class instead of 256 — the
-table shrinks by 256/``classes``. ``delta[state][class]`` is the next state
-and ``output[state]`` the set of patterns that end at that byte. States are
-numbered so that those with an output come last (``out_base`` is the first):
-the data path then tests "did something end here" with one comparison.
+table shrinks by 256/``classes``. ``table`` holds the rows back to back;
+an entry is the next state's row start (times ``unit``) with the ``FOUND``
+bit set when patterns end there — so a step is an add and a load, and "did
+something end here" one bit test — and ``output[state]`` is the set of those
+patterns. States are numbered breadth first, so the shallow states, where
+most bytes of ordinary traffic lead, sit together at the table's start.
 
 A **nocase** pattern matches its ASCII letters in either case (Snort's
 ``nocase``). Patterns are chains of symbols — an exact byte, or a letter in
