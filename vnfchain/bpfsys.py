@@ -180,6 +180,21 @@ class PinnedMap:
             prev = nxt.raw
             yield prev
 
+    def u64_totals(self) -> list[int]:
+        """Every entry of an array map of u64 values, summed over CPUs for a
+        per-CPU map, in one batch read (a counter per signature, say)."""
+        assert self.value_size == 8, f"{self.path} does not hold u64 values"
+        cpus = possible_cpus() if self.percpu else 1
+        count = ctypes.c_uint32(self.max_entries)
+        keys = ctypes.create_string_buffer(4 * self.max_entries)
+        values = ctypes.create_string_buffer(8 * cpus * self.max_entries)
+        out_batch = ctypes.create_string_buffer(4)
+        rc = lib().bpf_map_lookup_batch(self.fd, None, out_batch, keys, values, ctypes.byref(count), None)
+        if rc < 0 and (-rc if rc < -1 else ctypes.get_errno()) != errno.ENOENT:   # ENOENT: read to the end
+            _check(rc, f"read {self.path}")
+        slots = memoryview(values.raw).cast("Q")
+        return [sum(slots[i * cpus:(i + 1) * cpus]) for i in range(count.value)]
+
     def sum_u64(self, key: bytes) -> list[int]:
         """A value made of u64 fields, summed over CPUs."""
         values = self.lookup(key) or []

@@ -5,6 +5,7 @@ payloads (overlapping patterns, patterns at the scan boundary)."""
 from __future__ import annotations
 
 import random
+from collections import Counter
 
 import pytest
 from scapy.layers.inet import IP, TCP, UDP
@@ -12,6 +13,7 @@ from scapy.layers.l2 import Ether
 
 from vnfchain import Chain
 from vnfchain.chain import deploy as deploy_mod
+from vnfchain.dpi import synthetic
 from vnfchain.dpi.reference import first_signature
 from tests.chain_fixtures import MODES, chain_name, delta
 
@@ -28,6 +30,7 @@ functions:
       - {id: 2, content: "GET ", depth: 4, action: label, label: http}
       - {id: 3, content: ["|de ad|", "beef"], proto: udp, action: alert}
       - {id: 4, content: "ssh", offset: 8, depth: 8, proto: tcp, dport: 22, action: pass}
+      - {id: 5, content: ["select ", " from|20|"], nocase: true, proto: tcp, action: drop}
     next: {http: web, default: out}
   web: {type: counter, next: out}
   out: {type: counter, verdict: tx}
@@ -50,6 +53,10 @@ CASES = [
     ("wrong port", TCP(dport=2222), b"SSH-2.0-ssh", "XDP_TX", None),
     ("past max_scan is not seen", TCP(dport=80), b"x" * 60 + b"/etc/passwd", "XDP_TX", None),
     ("just inside max_scan is", TCP(dport=80), b"x" * 53 + b"/etc/passwd", "XDP_DROP", "sig1"),
+    ("nocase: upper case", TCP(dport=3306), b"SELECT * FROM users", "XDP_DROP", "sig5"),
+    ("nocase: mixed case", TCP(dport=3306), b"sElEcT a FrOm b", "XDP_DROP", "sig5"),
+    ("nocase folds letters, not other bytes", TCP(dport=3306), b"SELECT\x00* FROM users", "XDP_TX", None),
+    ("case-sensitive content stays so", TCP(dport=80), b"get / HTTP/1.1", "XDP_TX", None),
 ]
 
 
@@ -68,7 +75,7 @@ def test_signatures(deployed, mode, desc, l4, payload, action, hit):
 
 
 def random_signatures(rng: random.Random, n: int) -> list[dict]:
-    alphabet = b"ab\x00/"
+    alphabet = b"abA\x00/"
     sigs = []
     for i in range(n):
         contents = ["".join(f"|{b:02x}|" for b in bytes(rng.choice(alphabet) for _ in range(rng.randint(1, 5))))
@@ -79,6 +86,8 @@ def random_signatures(rng: random.Random, n: int) -> list[dict]:
             sig["offset"] = rng.randint(0, 20)
         if rng.random() < 0.3:
             sig["depth"] = rng.randint(5, 40)
+        if rng.random() < 0.4:
+            sig["nocase"] = True
         sigs.append(sig)
     return sigs
 
@@ -103,11 +112,132 @@ def test_kernel_verdicts_equal_the_reference(deployed, seed):
         wrong = []
         for _ in range(150):
             size = rng.choice([max_scan - 3, max_scan, max_scan + 5, rng.randint(1, 80)])
-            payload = bytes(rng.choice(b"ab\x00/x") for _ in range(max(size, 1)))
+            payload = bytes(rng.choice(b"abAB\x00/x") for _ in range(max(size, 1)))
             want = first_signature(params, payload, "udp", 9)
             got = dep.run(pkt(UDP(dport=9), payload)).action
             if got != SEEN_AS[want.action if want else None]:
                 wrong.append(f"{payload!r}: kernel {got}, reference {want.id if want else None}")
         assert not wrong, f"{len(wrong)} differ, e.g. " + "; ".join(wrong[:3])
+    finally:
+        deploy_mod.undeploy(name)
+
+
+# 10,000 signatures: a 24 MiB table
+BIG = synthetic.signatures(10_000)
+BIG_SCAN = 256
+
+
+@pytest.fixture(scope="module")
+def big_params():
+    return Chain.from_yaml_text(synthetic.chain_yaml("big", BIG, BIG_SCAN)).spec.function("dpi").params
+
+
+def big_payloads() -> list[tuple[str, bytes, bool]]:
+    """(description, payload, must match): contents of early and late, exact
+    and nocase signatures, case-swapped; random text"""
+    exact = [s for s in BIG if not s.get("nocase")]
+    nocase = [s for s in BIG if s.get("nocase")]
+    rng = random.Random(3)
+    out = [
+        ("first signature's content", b"GET /" + BIG[0]["content"].encode() + b" HTTP/1.1", True),
+        ("last signature's content", b"xx" + BIG[-1]["content"].encode(), True),
+        ("exact content at the end of the scan", b"y" * (BIG_SCAN - len(exact[-1]["content"]))
+         + exact[-1]["content"].encode(), True),
+        ("nocase content, case swapped", b"q " + nocase[500]["content"].swapcase().encode() + b" q", True),
+        ("exact content past the scan", b"y" * BIG_SCAN + exact[7]["content"].encode(), False),
+    ]
+    out += [(f"random text {i}", bytes(rng.choice(b"abcdefgh /.-=") for _ in range(200)), False) for i in range(4)]
+    return out
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_ten_thousand_signatures(deployed, big_params, mode):
+    dep = deployed(synthetic.chain_yaml("big", BIG, BIG_SCAN), mode)
+    before, hits = dep.stats(), Counter()
+    for desc, payload, must_match in big_payloads():
+        want = first_signature(big_params, payload, "tcp", 80)
+        assert want is not None or not must_match, f"{desc}: the reference finds no signature"
+        got = dep.run(pkt(TCP(dport=80), payload)).action
+        assert got == ("XDP_DROP" if want else "XDP_TX"), desc
+        hits.update([f"sig{want.id}_hits"] if want else [])
+    # stats once for all payloads: each call validates the 10,000 signatures again
+    assert {k: v for k, v in delta(before, dep.stats())["dpi"].items() if k.endswith("_hits")} == hits
+
+
+CUT = """
+name: dpicut
+functions:
+  dpi:
+    type: dpi
+    max_scan: 1500
+    signatures:
+      - {id: 1, content: "zz", action: drop}
+      - {id: 2, content: "a", nocase: true, action: alert}
+    next: out
+  out: {type: counter, verdict: tx}
+"""
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_a_scan_with_too_many_matches_to_examine_is_counted(deployed, mode):
+    dep = deployed(CUT, mode)
+    before = dep.stats()
+    assert dep.run(pkt(UDP(dport=9), b"a" * 100 + b"zz")).action == "XDP_DROP"
+    assert delta(before, dep.stats())["dpi"].get("scans_cut_short") is None
+    before = dep.stats()
+    # 1,400 matches of "a": more than the examination loop takes, so "zz" at
+    # the end is never examined; the counter says so
+    assert dep.run(pkt(UDP(dport=9), b"A" * 1400 + b"zz")).action == "XDP_TX"
+    assert delta(before, dep.stats())["dpi"]["scans_cut_short"] == 1
+
+
+WEB_RULES = r'''
+drop tcp any any -> any 80 (msg:"sqli"; content:"union"; nocase; content:"select"; nocase; sid:101;)
+alert tcp any any -> any 80 (msg:"passwd"; content:"/etc/passwd"; depth:32; sid:100;)
+'''
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_rules_file_verdicts(deployed, tmp_path, mode):
+    rules_file = tmp_path / "web.rules"
+    rules_file.write_text(WEB_RULES)
+    dep = deployed(f"name: dpirules\nfunctions:\n  dpi:\n    type: dpi\n    rules_file: {rules_file}\n"
+                   "    next: out\n  out: {type: counter, verdict: tx}\n", mode)
+    for payload, action, hit in [(b"GET /?q=1 UNION SELECT pw", "XDP_DROP", "sig101"),
+                                 (b"GET /?q=1 union all", "XDP_TX", None),
+                                 (b"GET /../../etc/passwd", "XDP_TX", "sig100"),
+                                 (b"GET /" + b"x" * 32 + b"/etc/passwd", "XDP_TX", None)]:
+        before = dep.stats()
+        assert dep.run(pkt(TCP(dport=80), payload)).action == action, payload
+        hits = [k for k in delta(before, dep.stats()).get("dpi", {}) if k.endswith("_hits")]
+        assert hits == ([f"{hit}_hits"] if hit else []), payload
+
+
+LIVE = """
+name: {name}
+functions:
+  dpi:
+    type: dpi
+    signatures: {sigs}
+    next: out
+  out: {{type: counter, verdict: tx}}
+"""
+
+
+def test_new_contents_are_a_map_update_not_a_new_program():
+    name = chain_name("dpilive")
+    first = [{"id": 1, "content": "/etc/passwd", "action": "drop"}]
+    second = [{"id": 2, "content": "cmd.EXE", "nocase": True, "action": "drop"},   # new bytes, new classes
+              {"id": 3, "content": "|de ad be ef|", "action": "pass"}]
+    try:
+        dep = Chain.from_yaml_text(LIVE.format(name=name, sigs=first)).deploy(attach=[])
+        progs = [f["prog_id"] for f in dep.record["functions"]]
+        assert dep.run(pkt(TCP(dport=80), b"GET /etc/passwd")).action == "XDP_DROP"
+        dep = Chain.from_yaml_text(LIVE.format(name=name, sigs=second)).deploy(attach=[])
+        assert dep.last_change == "config"
+        assert [f["prog_id"] for f in dep.record["functions"]] == progs
+        assert dep.run(pkt(TCP(dport=80), b"GET /etc/passwd")).action == "XDP_TX"
+        assert dep.run(pkt(TCP(dport=80), b"GET /Cmd.exe")).action == "XDP_DROP"
+        assert dep.run(pkt(UDP(dport=9), b"\xde\xad\xbe\xef")).action == "XDP_PASS"
     finally:
         deploy_mod.undeploy(name)

@@ -169,7 +169,8 @@ def _function(name: str, body: dict[str, Any], loc: Locator) -> FunctionSpec:
                         path + ("type",))
     nxt = _next(name, body.pop("next", None), loc)
     try:
-        params = ftype.Params.model_validate(body)
+        # the context lets a parameter name a file relative to the chain file
+        params = ftype.Params.model_validate(body, context={"chain_file": loc.file})
     except ValidationError as exc:
         err = pydantic_to_spec_error(exc, loc, prefix=path)
         raise SpecError(f"function '{name}' ({type_name}): {err.reason}", file=err.file,

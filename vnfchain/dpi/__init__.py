@@ -1,3 +1,5 @@
 """The DPI function's machinery: signature contents and the Aho–Corasick DFA
-they compile to (automaton.py), and the reference verdict the tests hold the
-kernel program to (reference.py). The function type is vnfchain/functions/dpi.py."""
+they compile to (automaton.py), Suricata-style rules read as signatures
+(rules.py), the reference verdict the tests hold the kernel program to
+(reference.py), and a large synthetic signature set for tests and benchmarks
+(synthetic.py). The function type is vnfchain/functions/dpi.py."""
