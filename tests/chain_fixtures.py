@@ -9,6 +9,7 @@ cleanup touches only this run's pins and records.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 
 import pytest
@@ -61,3 +62,13 @@ def delta(before: dict, after: dict) -> dict:
         if changed:
             out[fn] = changed
     return out
+
+
+@contextlib.contextmanager
+def not_compiling():
+    """Fails the test if a deploy inside compiles anything (a config change must
+    be map updates only)."""
+    from vnfchain.chain import deploy as deploy_mod
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(deploy_mod, "compile_unit", lambda *a, **k: pytest.fail("a config change compiled"))
+        yield

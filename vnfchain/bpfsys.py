@@ -170,6 +170,14 @@ class PinnedMap:
             prev = ctypes.c_uint32(nxt.value)
         return out[:count]
 
+    # item access in bytes, so helpers written for BCC tables (replace_contents)
+    # work on a pinned map too
+    def __setitem__(self, key: bytes, value: bytes) -> None:
+        self.update(key, value)
+
+    def __delitem__(self, key: bytes) -> None:
+        self.delete(key)
+
     def keys(self):
         prev = None
         nxt = ctypes.create_string_buffer(self.key_size)

@@ -3,7 +3,6 @@ compiled): a removed backend's flows move and no other flow does, a drained
 backend keeps its flows but takes no new ones, new weights shape new flows."""
 from __future__ import annotations
 
-import contextlib
 from collections import Counter
 
 import pytest
@@ -13,7 +12,7 @@ from scapy.layers.inet import IP, TCP
 from vnfchain import Chain
 from vnfchain.chain.deploy import Deployment
 from vnfchain.chain import deploy as deploy_mod
-from tests.chain_fixtures import MODES, chain_name, delta
+from tests.chain_fixtures import MODES, chain_name, delta, not_compiling
 from tests.frames import eth
 
 pytestmark = pytest.mark.root
@@ -45,14 +44,6 @@ def send(dep, sports, flags="S"):
         template[34:36] = sport.to_bytes(2, "big")
         out[sport] = IP(dep.run(bytes(template)).data[14:]).dst
     return out
-
-
-@contextlib.contextmanager
-def not_compiling():
-    """Fails the test if anything is compiled inside."""
-    with pytest.MonkeyPatch.context() as m:
-        m.setattr(deploy_mod, "compile_unit", lambda *a, **k: pytest.fail("a backend change compiled"))
-        yield
 
 
 def test_removing_a_backend_moves_only_its_flows(lb):

@@ -30,7 +30,7 @@ def test_ids_are_unique_over_signatures_and_app_rules():
     with pytest.raises(ValidationError, match="ids must be unique"):
         DpiParams(signatures=[{"id": 1000, "content": "x", "action": "drop"}],
                   apps=[{"app": "http", "action": "drop"}])
-    with pytest.raises(ValidationError, match="needs signatures, apps or both"):
+    with pytest.raises(ValidationError, match="no signatures or app rules"):
         DpiParams()
 
 

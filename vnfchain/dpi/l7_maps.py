@@ -36,22 +36,21 @@ def template_vars(rules: list[AppRule]) -> dict:
 def populate(tables, rules: list[AppRule], verdicts: list[int], signature_ids: list[int]) -> None:
     """``verdicts``: each rule's verdict as the kernel spells it."""
     key_bytes = 4 + 1 + NAME_MAX + 3
-    names = tables["names"]
-    wanted = []
-    for data, mask in trie_entries(rules).items():
-        raw = (8 * len(data)).to_bytes(4, "little") + data.ljust(key_bytes - 4, b"\0")
-        wanted.append((names.Key.from_buffer_copy(raw), names.Leaf(mask)))
-    replace_contents(names, wanted)
-    methods = tables["methods"]
-    replace_contents(methods, [(methods.Key(method_token(m)), methods.Leaf(mask))
-                               for m, mask in method_masks(rules).items()])
+    with tables.open("names") as names:
+        replace_contents(names, [((8 * len(data)).to_bytes(4, "little") + data.ljust(key_bytes - 4, b"\0"),
+                                  mask.to_bytes(8, "little")) for data, mask in trie_entries(rules).items()])
+    with tables.open("methods") as methods:
+        replace_contents(methods, [(method_token(m).to_bytes(8, "little"), mask.to_bytes(8, "little"))
+                                   for m, mask in method_masks(rules).items()])
     ids = rule_ids(rules)
     apps = [v.to_bytes(4, "little", signed=True) + i.to_bytes(4, "little") for v, i in zip(verdicts, ids)]
-    write_array(tables["apps"], 0, apps + [bytes(8)] * (MAX_RULES - len(apps)))
-    write_array(tables["app_hits"], 0, [bytes(8 * bpfsys.possible_cpus())] * MAX_RULES)
-    sig_ids = tables["sig_ids"]
-    write_array(sig_ids, 0, [i.to_bytes(4, "little") for i in signature_ids]
-                + [bytes(4)] * (sig_ids.max_entries - len(signature_ids)))
+    with tables.open("apps") as table:
+        write_array(table, 0, apps + [bytes(8)] * (MAX_RULES - len(apps)))
+    with tables.open("app_hits") as table:
+        write_array(table, 0, [bytes(8 * bpfsys.possible_cpus())] * MAX_RULES)
+    with tables.open("sig_ids") as sig_ids:
+        write_array(sig_ids, 0, [i.to_bytes(4, "little") for i in signature_ids]
+                    + [bytes(4)] * (sig_ids.max_entries - len(signature_ids)))
 
 
 def read_counters(maps, rules: list[AppRule]) -> dict[str, int]:

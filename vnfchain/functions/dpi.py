@@ -59,6 +59,7 @@ Limits — what this does not see:
 """
 from __future__ import annotations
 
+import contextlib
 import os
 from array import array
 from collections import Counter
@@ -163,7 +164,8 @@ class DpiParams(Params):
     @model_validator(mode="after")
     def _limits(self):
         if not self.all_signatures and not self.apps:
-            raise ValueError("a dpi function needs signatures (or a rules_file with rules), apps, or both")
+            raise ValueError("no signatures or app rules: give signatures: [...], a rules_file with rules, "
+                             "or apps: [...]")
         ids = [s.id for s in self.all_signatures] + l7.rule_ids(self.apps)
         if len(set(ids)) != len(ids):
             dup = next(i for i, n in Counter(ids).items() if n > 1)
@@ -229,11 +231,15 @@ def _match_count(dfa: Automaton) -> int:
     return sum(len(o) for o in set(dfa.output))
 
 
+_POPULATED = ('classes', 'heads', 'hits', 'matches', 'progress', 'sigs', 'table')   # the maps populate() writes itself (l7_maps writes its own)
+
+
 class Dpi(FunctionType):
     name = "dpi"
     summary = "payload signatures (content, nocase, offset, depth; rules files) in one Aho–Corasick DFA; drop/pass/label/alert"
     Params = DpiParams
     reasons = ("signature", "app_rule")
+    pinned_populate = True
 
     def maps(self, params):
         dfa, contents = _compiled(params)
@@ -260,33 +266,38 @@ class Dpi(FunctionType):
                 **l7_maps.template_vars(params.apps)}
 
     def populate(self, tables, params, ctx):
+        with contextlib.ExitStack() as stack:
+            maps = {n: stack.enter_context(tables.open(n)) for n in _POPULATED}
+            self._fill(maps, tables, params, ctx)
+
+    def _fill(self, maps, tables, params, ctx):
         dfa, contents = _compiled(params)
-        write_array(tables["classes"], 0, [array("H", [c * 4 for c in dfa.byte_class]).tobytes()
-                                           + (dfa.classes * 4).to_bytes(4, "little") + bytes(4)])
-        write_array(tables["table"], 0, [dfa.table.tobytes().ljust(_table_size(dfa) * 4, b"\0")])
+        write_array(maps["classes"], 0, [array("H", [c * 4 for c in dfa.byte_class]).tobytes()
+                                         + (dfa.classes * 4).to_bytes(4, "little") + bytes(4)])
+        write_array(maps["table"], 0, [dfa.table.tobytes().ljust(_table_size(dfa) * 4, b"\0")])
         heads, matches, runs = [], [], {}
         for out in dfa.output:
             if out and out not in runs:
                 runs[out] = len(matches)
                 matches += [contents[c] for c in sorted(out)]
             heads.append(runs.get(out, 0).to_bytes(4, "little") + len(out).to_bytes(4, "little"))
-        write_array(tables["heads"], 0, heads)
-        write_array(tables["matches"], 0, [c.sig.to_bytes(4, "little") + bytes([c.bit, 0])
-                                           + c.first_end.to_bytes(2, "little") + c.last_end.to_bytes(2, "little")
-                                           + bytes(2) for c in matches])
+        write_array(maps["heads"], 0, heads)
+        write_array(maps["matches"], 0, [c.sig.to_bytes(4, "little") + bytes([c.bit, 0])
+                                         + c.first_end.to_bytes(2, "little") + c.last_end.to_bytes(2, "little")
+                                         + bytes(2) for c in matches])
         sigs = []
         for s in params.all_signatures:
             verdict = _verdict(s, ctx)
             dport = ((s.dport & 0xFF) << 8 | s.dport >> 8) if s.dport else 0
             sigs.append(((1 << len(s.contents())) - 1).to_bytes(8, "little") + verdict.to_bytes(4, "little", signed=True)
                         + bytes([PROTOS.get(s.proto, 0), 0]) + dport.to_bytes(2, "little"))
-        sigs += [bytes(16)] * (tables["sigs"].max_entries - len(sigs))   # clear what a longer list left
-        write_array(tables["sigs"], 0, sigs)
+        sigs += [bytes(16)] * (maps["sigs"].max_entries - len(sigs))   # clear what a longer list left
+        write_array(maps["sigs"], 0, sigs)
         cpus = bpfsys.possible_cpus()
         # progress entries carry the packet generation of the scratch map, which a
         # new map restarts: clear both so no old entry looks current
-        write_array(tables["progress"], 0, [bytes(16 * cpus)] * tables["progress"].max_entries)
-        write_array(tables["hits"], 0, [bytes(8 * cpus)] * tables["hits"].max_entries)
+        write_array(maps["progress"], 0, [bytes(16 * cpus)] * maps["progress"].max_entries)
+        write_array(maps["hits"], 0, [bytes(8 * cpus)] * maps["hits"].max_entries)
         l7_maps.populate(tables, params.apps, [_verdict(r, ctx) for r in params.apps],
                          [s.id for s in params.all_signatures])
 
