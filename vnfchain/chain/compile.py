@@ -94,6 +94,18 @@ def compile_unit(unit: Unit, *, label: str, load: list[str] | None = None) -> Lo
             loaded.close()
             log = err.text.strip()
             function = fname or _blamed(log, first=False)
+            if "Argument list too long" in failure:     # E2BIG: the verifier's 1M-instruction budget
+                what = f"function '{fname}'" if fname else "the fused chain program"
+                raise VerifierError(
+                    f"{label}: {what} is too complex for the kernel verifier (it explores at most "
+                    f"1,000,000 instructions per program, counting every path through the code); "
+                    + ("use mode: tailcall, where each function is verified on its own, or lighten the "
+                       "chain (a smaller dpi max_scan, fewer dpi app rules)" if not fname else
+                       "make the function lighter (for dpi: a smaller max_scan or fewer app rules)"),
+                    function=function or "",
+                    # BCC's own line blames the 4,096-instruction limit of unprivileged programs
+                    detail="\n".join(ln for ln in log.splitlines() if "Program  too large" not in ln
+                                      and "at most 4096 insns" not in ln))
             raise VerifierError(f"the kernel verifier rejected {_in(function)}{label} ({failure}); "
                                 f"its log follows", function=function or "", detail=log)
     return loaded
