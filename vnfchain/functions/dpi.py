@@ -111,6 +111,17 @@ class Signature(Params):
             raise ValueError("action: label needs label: NAME, and only label takes one")
         return self
 
+    @model_validator(mode="after")
+    def _window(self):
+        longest = max(len(c) for c in self.contents())
+        if self.offset + longest - 1 > 65535:
+            raise ValueError(f"signature {self.id}: offset {self.offset} + content length {longest} ends past "
+                             "payload byte 65535, which no packet has; lower the offset")
+        if self.depth is not None and self.depth < longest:
+            raise ValueError(f"signature {self.id}: depth {self.depth} is shorter than its {longest}-byte content, "
+                             f"so it can never match; make depth at least {longest}")
+        return self
+
     @cached_property
     def _parsed(self) -> tuple[bytes, ...]:
         return tuple(parse_content(t) for t in (self.content if isinstance(self.content, list) else [self.content]))
@@ -254,6 +265,16 @@ class Dpi(FunctionType):
             MapSpec("scratch", "percpu_array", 1, "this packet's match events"),
             MapSpec("hits", "percpu_array", sigs + 1, "packets per signature; last: scans cut short"),
         ] + l7_maps.map_specs(params.apps, len(params.all_signatures))
+
+    def warnings(self, params):
+        out = []
+        for n, s in enumerate(params.all_signatures):
+            end = s.offset + max(len(c) for c in s.contents())
+            if end > params.max_scan:
+                where = ("signatures", n) if n < len(params.signatures) else ("rules_file",)
+                out.append((where, f"signature {s.id} can never match: its content ends at payload byte {end}, "
+                                   f"past max_scan {params.max_scan}; raise max_scan or lower the offset", None))
+        return out
 
     def labels(self, params):
         return {s.label for s in [*params.all_signatures, *params.apps] if s.label}
