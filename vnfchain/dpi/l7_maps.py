@@ -6,7 +6,7 @@ import socket
 import struct
 
 from .. import bpfsys
-from ..functions.base import MapSpec, headroom, replace_contents, write_array
+from ..functions.base import MapSpec, headroom, write_array
 from .l7 import (HTTP_SCAN, KINDS, MAX_RULES, METHODS, NAME_MAX, PATH_KIND, TRUNCATED, AppRule,
                  method_masks, method_token, rule_ids, trie_entries)
 
@@ -16,13 +16,16 @@ PROTO_NAMES = {6: "tcp", 17: "udp"}
 APP_NAMES = {0: "signature", **{v: k for k, v in KINDS.items()}}
 
 
-def map_specs(rules: list[AppRule], signatures: int) -> list[MapSpec]:
+def map_specs(rules: list[AppRule], sigs: int) -> list[MapSpec]:
+    """``sigs``: signature entries of one version. Config maps hold two
+    versions (the dpi function's ConfigWriter switches between them)."""
     return [
-        MapSpec("names", "lpm_trie", headroom(len(trie_entries(rules)), 16), "reversed name or path -> rules"),
-        MapSpec("methods", "hash", headroom(len(METHODS), 16), "HTTP method -> rules"),
-        MapSpec("apps", "array", MAX_RULES, "app rules in order"),
-        MapSpec("app_hits", "percpu_array", MAX_RULES, "packets per app rule"),
-        MapSpec("sig_ids", "array", headroom(signatures, 16), "signature ids, for events"),
+        MapSpec("names", "lpm_trie", headroom(2 * len(trie_entries(rules)), 16),
+                "version and kind byte, reversed name or path -> rules"),
+        MapSpec("methods", "hash", headroom(len(METHODS), 16), "HTTP method -> rules, per version"),
+        MapSpec("apps", "array", 2 * MAX_RULES, "per version: app rules in order"),
+        MapSpec("app_hits", "percpu_hash", MAX_RULES, "packets per app rule id"),
+        MapSpec("sig_ids", "array", 2 * sigs, "per version: signature ids, for counters and events"),
         MapSpec("events", "ringbuf", EVENT_RING_BYTES, "alert events"),
     ]
 
@@ -33,31 +36,58 @@ def template_vars(rules: list[AppRule]) -> dict:
                    "kinds": {**KINDS, "path": PATH_KIND}}}
 
 
-def populate(tables, rules: list[AppRule], verdicts: list[int], signature_ids: list[int]) -> None:
-    """``verdicts``: each rule's verdict as the kernel spells it."""
+_POPULATED = ("names", "methods", "apps", "app_hits", "sig_ids")
+
+
+def open_maps(tables, stack) -> dict:
+    return {n: stack.enter_context(tables.open(n)) for n in _POPULATED}
+
+
+def write_version(maps: dict, v: int, rules: list[AppRule], verdicts: list[int], signature_ids: list[int]) -> None:
+    """Fill version v (the idle one) of the app rule maps. ``verdicts``: each
+    rule's verdict as the kernel spells it."""
+    from ..functions.dpi import UNUSED
+    names = maps["names"]
+    for key in list(names.keys()):      # whatever this version held before
+        if key[4] >> 7 == v:
+            del names[key]
     key_bytes = 4 + 1 + NAME_MAX + 3
-    with tables.open("names") as names:
-        replace_contents(names, [((8 * len(data)).to_bytes(4, "little") + data.ljust(key_bytes - 4, b"\0"),
-                                  mask.to_bytes(8, "little")) for data, mask in trie_entries(rules).items()])
-    with tables.open("methods") as methods:
-        replace_contents(methods, [(method_token(m).to_bytes(8, "little"), mask.to_bytes(8, "little"))
-                                   for m, mask in method_masks(rules).items()])
-    ids = rule_ids(rules)
-    apps = [v.to_bytes(4, "little", signed=True) + i.to_bytes(4, "little") for v, i in zip(verdicts, ids)]
-    with tables.open("apps") as table:
-        write_array(table, 0, apps + [bytes(8)] * (MAX_RULES - len(apps)))
-    with tables.open("app_hits") as table:
-        write_array(table, 0, [bytes(8 * bpfsys.possible_cpus())] * MAX_RULES)
-    with tables.open("sig_ids") as sig_ids:
-        write_array(sig_ids, 0, [i.to_bytes(4, "little") for i in signature_ids]
-                    + [bytes(4)] * (sig_ids.max_entries - len(signature_ids)))
+    for data, mask in trie_entries(rules).items():
+        data = bytes([data[0] | v << 7]) + data[1:]
+        names[(8 * len(data)).to_bytes(4, "little") + data.ljust(key_bytes - 4, b"\0")] = mask.to_bytes(8, "little")
+    methods = maps["methods"]
+    for m, mask in method_masks(rules).items():
+        key = method_token(m).to_bytes(8, "little")
+        both = list(struct.unpack("<2Q", (methods.lookup(key) or [bytes(16)])[0]))
+        both[v] = mask
+        methods[key] = struct.pack("<2Q", *both)
+    apps = [x.to_bytes(4, "little", signed=True) + i.to_bytes(4, "little") for x, i in zip(verdicts, rule_ids(rules))]
+    unused = UNUSED.to_bytes(4, "little", signed=True) + bytes(4)
+    write_array(maps["apps"], v * MAX_RULES, apps + [unused] * (MAX_RULES - len(apps)))
+    sig_ids = maps["sig_ids"]
+    per = sig_ids.max_entries // 2
+    write_array(sig_ids, v * per, [i.to_bytes(4, "little") for i in signature_ids]
+                + [bytes(4)] * (per - len(signature_ids)))
+
+
+def keep_counters(hits, ids: list[int]) -> None:
+    """Make a per-CPU hash of counters by id hold exactly ``ids``: the counts of
+    ids it has are kept, new ids start at 0, others go (first, to make room)."""
+    wanted = {i.to_bytes(4, "little") for i in ids}
+    for key in list(hits.keys()):
+        if key not in wanted:
+            del hits[key]
+    zero = bytes(8 * bpfsys.possible_cpus())
+    for key in sorted(wanted):
+        if hits.lookup(key) is None:
+            hits[key] = zero
 
 
 def read_counters(maps, rules: list[AppRule]) -> dict[str, int]:
     out = {}
     with maps.open("app_hits") as hits:
-        for i, rule_id in enumerate(rule_ids(rules)):
-            n = sum(hits.sum_u64(i.to_bytes(4, "little")))
+        for rule_id in rule_ids(rules):
+            n = sum(hits.sum_u64(rule_id.to_bytes(4, "little")))
             if n:
                 out[f"app{rule_id}_hits"] = n
     with maps.open("alerts") as alerts:

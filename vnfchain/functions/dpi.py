@@ -27,6 +27,11 @@ signatures (89k states x 71 classes, a 24 MiB table in a 32 MiB map value)
 misses); see perf/results/dpi-per-byte.md. Over 2^20 states or a 256 MiB
 table, the chain is refused with an error saying which.
 
+Config changes are atomic per packet: every config map holds two versions, a
+change writes the idle one and flips one word (ConfigWriter), which doubles
+the memory (10,000 signatures: two 32 MiB table values, 64 MiB). Counters are
+kept by signature / app rule id: a change keeps those of rules it keeps.
+
 App rules (``apps``) name an application and, optionally, what it asks for:
 ``http`` (``host``, ``method``, ``path`` prefix), ``tls`` (``sni``, from the
 ClientHello) or ``dns`` (``qname`` of a UDP/53 query). Names are compared
@@ -60,7 +65,10 @@ Limits — what this does not see:
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
 import os
+import struct
 from array import array
 from collections import Counter
 from dataclasses import dataclass
@@ -242,7 +250,10 @@ def _match_count(dfa: Automaton) -> int:
     return sum(len(o) for o in set(dfa.output))
 
 
-_POPULATED = ('classes', 'heads', 'hits', 'matches', 'progress', 'sigs', 'table')   # the maps populate() writes itself (l7_maps writes its own)
+_POPULATED = ('cfg', 'classes', 'heads', 'hits', 'matches', 'progress', 'scratch', 'sigs', 'table')   # the maps populate() writes itself (l7_maps writes its own)
+UNUSED = -1         # verdict of an unused sigs/apps slot, which the data path ignores
+CUT_SHORT = 0       # hits key of scans cut short (signature ids start at 1)
+CFG = struct.Struct("<II2QQ")   # struct <p>_cfg: active, initialized, digest[2], scratch_id
 
 
 class Dpi(FunctionType):
@@ -255,16 +266,19 @@ class Dpi(FunctionType):
     def maps(self, params):
         dfa, contents = _compiled(params)
         sigs = headroom(len(params.all_signatures), 16)
+        # config maps hold two versions (see ConfigWriter): twice the entries,
+        # or two values of classes and table
         return [
-            MapSpec("classes", "array", 1, "byte -> byte class"),
-            MapSpec("table", "array", 1, "DFA table, one value: (state, class) -> next state"),
-            MapSpec("heads", "array", headroom(dfa.states, 64), "state -> its run of match entries"),
-            MapSpec("matches", "array", headroom(_match_count(dfa), 64), "contents that end in a state"),
-            MapSpec("sigs", "array", sigs, "signatures in order"),
+            MapSpec("cfg", "array", 1, "which config version packets use"),
+            MapSpec("classes", "array", 2, "per version: byte -> byte class"),
+            MapSpec("table", "array", 2, "per version: the DFA table, one value: (state, class) -> next state"),
+            MapSpec("heads", "array", 2 * _heads(dfa), "per version: state -> its run of match entries"),
+            MapSpec("matches", "array", 2 * _matches(dfa), "per version: contents that end in a state"),
+            MapSpec("sigs", "array", 2 * sigs, "per version: signatures in order"),
             MapSpec("progress", "percpu_array", sigs, "contents of a signature seen in this packet"),
             MapSpec("scratch", "percpu_array", 1, "this packet's match events"),
-            MapSpec("hits", "percpu_array", sigs + 1, "packets per signature; last: scans cut short"),
-        ] + l7_maps.map_specs(params.apps, len(params.all_signatures))
+            MapSpec("hits", "percpu_hash", sigs + 1, "packets per signature id; id 0: scans cut short"),
+        ] + l7_maps.map_specs(params.apps, sigs)
 
     def warnings(self, params):
         out = []
@@ -282,56 +296,111 @@ class Dpi(FunctionType):
     def template_vars(self, params, ctx):
         dfa, _ = _compiled(params)
         return {"max_scan": params.max_scan, "sigs": headroom(len(params.all_signatures), 16),
-                "table": _table_size(dfa),
+                "table": _table_size(dfa), "heads": _heads(dfa), "matches": _matches(dfa),
                 "events": headroom(params.max_scan, 16) // 2, "work": WORK,
                 **l7_maps.template_vars(params.apps)}
 
     def populate(self, tables, params, ctx):
-        with contextlib.ExitStack() as stack:
-            maps = {n: stack.enter_context(tables.open(n)) for n in _POPULATED}
-            self._fill(maps, tables, params, ctx)
+        ConfigWriter(tables, params, ctx).write()
 
-    def _fill(self, maps, tables, params, ctx):
+    def read_counters(self, maps, params):
+        with maps.open("hits") as hits:
+            out = {f"sig{s.id}_hits": n for s in params.all_signatures if (n := _count(hits, s.id))}
+            if n := _count(hits, CUT_SHORT):
+                out["scans_cut_short"] = n
+        return out | l7_maps.read_counters(maps, params.apps)
+
+    def decode_event(self, raw: bytes) -> dict:
+        return l7_maps.decode_event(raw)
+
+
+def _count(hits, key: int) -> int:
+    return sum(hits.sum_u64(key.to_bytes(4, "little")))
+
+
+def _heads(dfa: Automaton) -> int:
+    """heads entries of one version"""
+    return headroom(dfa.states, 64)
+
+
+def _matches(dfa: Automaton) -> int:
+    """matches entries of one version"""
+    return headroom(_match_count(dfa), 64)
+
+
+class ConfigWriter:
+    """Writes a config into the idle version of the maps, then switches to it
+    (one word, cfg.active), as the firewall does: a packet sees the old config
+    or the new one, never part of each. Counters are keyed by id and kept."""
+
+    def __init__(self, tables, params, ctx):
+        self.tables, self.params, self.ctx = tables, params, ctx
+
+    def write(self) -> None:
+        with contextlib.ExitStack() as stack:
+            self.maps = {n: stack.enter_context(self.tables.open(n)) for n in _POPULATED}
+            self.l7 = l7_maps.open_maps(self.tables, stack)
+            self._write()
+
+    def _write(self) -> None:
+        cfg_map = self.maps["cfg"]
+        active, initialized, *digests, scratch_id = CFG.unpack(cfg_map.lookup(bytes(4))[0][:CFG.size])
+        digest = self._digest()
+        if initialized and digests[active & 1] == digest:
+            return      # already the running config, in these very maps
+        new = 1 - (active & 1) if initialized else 0
+        scratch = bpfsys.map_info(self.maps["scratch"].fd)["id"]
+        if scratch != scratch_id:
+            # progress entries carry the packet generation of the scratch map,
+            # which a new map restarts: clear them so no old entry looks current
+            cpus = bpfsys.possible_cpus()
+            write_array(self.maps["progress"], 0, [bytes(16 * cpus)] * self.maps["progress"].max_entries)
+        self.write_version(new)
+        ids = [s.id for s in self.params.all_signatures]
+        l7_maps.keep_counters(self.maps["hits"], [CUT_SHORT, *ids])
+        l7_maps.keep_counters(self.l7["app_hits"], l7.rule_ids(self.params.apps))
+        digests[new] = digest
+        cfg_map.update(bytes(4), CFG.pack(new, 1, *digests, scratch))   # the switch
+
+    def _digest(self) -> int:
+        """Of what the maps hold: the signatures (rules_file's too), app rules,
+        max_scan, the label ids; and which maps they are (a new map is empty)."""
+        labels = {r.label: self.ctx.label_ids[r.label] for r in [*self.params.all_signatures, *self.params.apps]
+                  if r.label}
+        maps = sorted(bpfsys.map_info(m.fd)["id"] for m in [*self.maps.values(), *self.l7.values()])
+        dump = json.dumps([[s.model_dump(mode="json") for s in self.params.all_signatures],
+                           [a.model_dump(mode="json") for a in self.params.apps],
+                           self.params.max_scan, labels, maps], sort_keys=True)
+        return int.from_bytes(hashlib.sha256(dump.encode()).digest()[:8], "little")
+
+    def write_version(self, v: int) -> None:
+        """Fill version v of every config map (the idle one: no packet reads it)."""
+        maps, params = self.maps, self.params
         dfa, contents = _compiled(params)
-        write_array(maps["classes"], 0, [array("H", [c * 4 for c in dfa.byte_class]).tobytes()
+        write_array(maps["classes"], v, [array("H", [c * 4 for c in dfa.byte_class]).tobytes()
                                          + (dfa.classes * 4).to_bytes(4, "little") + bytes(4)])
-        write_array(maps["table"], 0, [dfa.table.tobytes().ljust(_table_size(dfa) * 4, b"\0")])
+        write_array(maps["table"], v, [dfa.table.tobytes().ljust(_table_size(dfa) * 4, b"\0")])
         heads, matches, runs = [], [], {}
         for out in dfa.output:
             if out and out not in runs:
                 runs[out] = len(matches)
                 matches += [contents[c] for c in sorted(out)]
             heads.append(runs.get(out, 0).to_bytes(4, "little") + len(out).to_bytes(4, "little"))
-        write_array(maps["heads"], 0, heads)
-        write_array(maps["matches"], 0, [c.sig.to_bytes(4, "little") + bytes([c.bit, 0])
-                                         + c.first_end.to_bytes(2, "little") + c.last_end.to_bytes(2, "little")
-                                         + bytes(2) for c in matches])
+        write_array(maps["heads"], v * (maps["heads"].max_entries // 2), heads)
+        write_array(maps["matches"], v * (maps["matches"].max_entries // 2),
+                    [c.sig.to_bytes(4, "little") + bytes([c.bit, 0]) + c.first_end.to_bytes(2, "little")
+                     + c.last_end.to_bytes(2, "little") + bytes(2) for c in matches])
         sigs = []
         for s in params.all_signatures:
-            verdict = _verdict(s, ctx)
             dport = ((s.dport & 0xFF) << 8 | s.dport >> 8) if s.dport else 0
-            sigs.append(((1 << len(s.contents())) - 1).to_bytes(8, "little") + verdict.to_bytes(4, "little", signed=True)
+            sigs.append(((1 << len(s.contents())) - 1).to_bytes(8, "little")
+                        + _verdict(s, self.ctx).to_bytes(4, "little", signed=True)
                         + bytes([PROTOS.get(s.proto, 0), 0]) + dport.to_bytes(2, "little"))
-        sigs += [bytes(16)] * (maps["sigs"].max_entries - len(sigs))   # clear what a longer list left
-        write_array(maps["sigs"], 0, sigs)
-        cpus = bpfsys.possible_cpus()
-        # progress entries carry the packet generation of the scratch map, which a
-        # new map restarts: clear both so no old entry looks current
-        write_array(maps["progress"], 0, [bytes(16 * cpus)] * maps["progress"].max_entries)
-        write_array(maps["hits"], 0, [bytes(8 * cpus)] * maps["hits"].max_entries)
-        l7_maps.populate(tables, params.apps, [_verdict(r, ctx) for r in params.apps],
-                         [s.id for s in params.all_signatures])
-
-    def read_counters(self, maps, params):
-        with maps.open("hits") as hits:
-            totals = hits.u64_totals()
-        out = {f"sig{s.id}_hits": n for s, n in zip(params.all_signatures, totals) if n}
-        if totals[-1]:
-            out["scans_cut_short"] = totals[-1]
-        return out | l7_maps.read_counters(maps, params.apps)
-
-    def decode_event(self, raw: bytes) -> dict:
-        return l7_maps.decode_event(raw)
+        per = maps["sigs"].max_entries // 2
+        unused = bytes(8) + UNUSED.to_bytes(4, "little", signed=True) + bytes(4)
+        write_array(maps["sigs"], v * per, sigs + [unused] * (per - len(sigs)))  # clear what a longer list left
+        l7_maps.write_version(self.l7, v, params.apps, [_verdict(r, self.ctx) for r in params.apps],
+                              [s.id for s in params.all_signatures])
 
 
 def _verdict(rule, ctx) -> int:
