@@ -21,7 +21,7 @@ from tests.chain_fixtures import MODES, chain_name, delta, not_compiling
 from vnfchain import Chain
 from vnfchain.chain import deploy as deploy_mod
 from vnfchain.cli import cli, commands  # noqa: F401  (registers the commands)
-from vnfchain.dpi.l7 import NAME_MAX, Request, first_app_rule
+from vnfchain.dpi.l7 import NAME_MAX, Request, first_app_rule, rule_ids
 from vnfchain.events import EventReader
 
 pytestmark = pytest.mark.root
@@ -160,15 +160,24 @@ def random_rules(rng: random.Random, n: int) -> list[dict]:
 
 
 def random_request(rng: random.Random):
+    """(Request, or None when the packet is no app the rules know; packet), on
+    varied ports: HTTP and TLS are told by their bytes, DNS only on UDP/53"""
     app = rng.choice(["http", "tls", "dns"])
     name = random_name(rng)
     if app == "tls":
-        return Request("tls", name), tls(name)
+        packet = tls(name)
+        packet[TCP].dport = rng.choice([443, 8443])
+        return Request("tls", name), packet
     cased = "".join(c.upper() if rng.random() < 0.3 else c for c in name)
     if app == "dns":
-        return Request("dns", name), dns(cased)
+        how = rng.choice(["udp53", "udp53", "udp5353", "tcp53"])
+        if how == "tcp53":
+            return None, frame(TCP(sport=40002, dport=53), bytes(DNS(rd=1, qd=DNSQR(qname=cased))))
+        return (Request("dns", name) if how == "udp53" else None), dns(cased, dport=53 if how == "udp53" else 5353)
     path = rng.choice(["/", "/a", "/abc", "/b/c"])
-    return Request("http", name, "GET", path), http(cased, path)
+    packet = http(cased, path)
+    packet[TCP].dport = rng.choice([80, 8080])
+    return Request("http", name, "GET", path), packet
 
 
 SEEN_AS = {"drop": "XDP_DROP", "pass": "XDP_PASS", "alert": "XDP_TX", None: "XDP_TX"}
@@ -186,12 +195,16 @@ def test_kernel_verdicts_equal_the_reference(seed):
     dep = chain.deploy(attach=[])
     try:
         wrong = []
+        ids = rule_ids(apps)
         for _ in range(120):
             request, packet = random_request(rng)
-            want = first_app_rule(apps, request)
-            got = dep.run(packet).action
-            if got != SEEN_AS[apps[want].action if want is not None else None]:
-                wrong.append(f"{request}: kernel {got}, reference rule {want}")
+            want = first_app_rule(apps, request) if request else None
+            before = dep.stats()
+            got = dep.run(packet).action, [k for k in delta(before, dep.stats()).get("dpi", {}) if k.endswith("_hits")]
+            if got != (SEEN_AS[apps[want].action if want is not None else None],
+                       [f"app{ids[want]}_hits"] if want is not None else []):
+                wrong.append(f"{request} {packet.summary()}: kernel {got}, "
+                             f"reference rule {want}")
         assert not wrong, f"{len(wrong)} differ, e.g. " + "; ".join(wrong[:3])
     finally:
         deploy_mod.undeploy(name)

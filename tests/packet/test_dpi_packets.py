@@ -90,11 +90,30 @@ def random_signatures(rng: random.Random, n: int) -> list[dict]:
             sig["depth"] = rng.randint(5, 40)
         if rng.random() < 0.4:
             sig["nocase"] = True
+        if rng.random() < 0.3:
+            sig["proto"] = rng.choice(["tcp", "udp"])
+        if rng.random() < 0.3:
+            sig["dport"] = rng.choice(PORTS)
         sigs.append(sig)
     return sigs
 
 
 SEEN_AS = {"drop": "XDP_DROP", "pass": "XDP_PASS", "alert": "XDP_TX", None: "XDP_TX"}
+PORTS = [9, 80]
+L4 = {"tcp": TCP, "udp": UDP}
+
+
+def decided(dep, proto, dport, payload):
+    """The kernel's verdict and which signature counted the packet (None: none)."""
+    before = dep.stats()
+    action = dep.run(pkt(L4[proto](dport=dport), payload)).action
+    hits = [k for k in delta(before, dep.stats()).get("dpi", {}) if k.endswith("_hits")]
+    return action, hits
+
+
+def expected(params, proto, dport, payload):
+    want = first_signature(params, payload, proto, dport)
+    return SEEN_AS[want.action if want else None], [f"sig{want.id}_hits"] if want else []
 
 
 @pytest.mark.parametrize("seed", range(6))
@@ -114,10 +133,11 @@ def test_kernel_verdicts_equal_the_reference(deployed, seed):
         for _ in range(150):
             size = rng.choice([max_scan - 3, max_scan, max_scan + 5, rng.randint(1, 80)])
             payload = bytes(rng.choice(b"abAB\x00/x") for _ in range(max(size, 1)))
-            want = first_signature(params, payload, "udp", 9)
-            got = dep.run(pkt(UDP(dport=9), payload)).action
-            if got != SEEN_AS[want.action if want else None]:
-                wrong.append(f"{payload!r}: kernel {got}, reference {want.id if want else None}")
+            proto, dport = rng.choice(["tcp", "udp"]), rng.choice(PORTS)
+            want = expected(params, proto, dport, payload)
+            got = decided(dep, proto, dport, payload)
+            if got != want:
+                wrong.append(f"{proto}/{dport} {payload!r}: kernel {got}, reference {want}")
         assert not wrong, f"{len(wrong)} differ, e.g. " + "; ".join(wrong[:3])
     finally:
         deploy_mod.undeploy(name)
@@ -132,7 +152,8 @@ contents = st.binary(min_size=1, max_size=4).map(lambda b: bytes(ALPHABET[x % le
 signature = st.fixed_dictionaries(
     {"content": st.lists(contents, min_size=1, max_size=2),
      "action": st.sampled_from(["drop", "pass", "alert"])},
-    optional={"offset": st.integers(0, 20), "depth": st.integers(4, 40), "nocase": st.booleans()})
+    optional={"offset": st.integers(0, 20), "depth": st.integers(4, 40), "nocase": st.booleans(),
+              "proto": st.sampled_from(["tcp", "udp"]), "dport": st.sampled_from(PORTS)})
 # payloads around the scan boundary, and short ones; built from the contents' alphabet so they hit
 payload = st.one_of(st.integers(HYP_SCAN - 4, HYP_SCAN + 4), st.integers(1, 24)).flatmap(
     lambda n: st.binary(min_size=n, max_size=n).map(lambda b: bytes(ALPHABET[x % len(ALPHABET)] for x in b)))
@@ -157,14 +178,14 @@ def hyp_chains(deployed):
 @settings(max_examples=30, deadline=None, derandomize=True,
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(mode=st.sampled_from(MODES), sigs=st.lists(signature, min_size=1, max_size=8),
-       payloads=st.lists(payload, min_size=1, max_size=20))
+       payloads=st.lists(st.tuples(payload, st.sampled_from(["tcp", "udp"]), st.sampled_from(PORTS)),
+                         min_size=1, max_size=20))
 def test_kernel_verdicts_equal_the_reference_for_generated_cases(hyp_chains, mode, sigs, payloads):
     sigs = [dict(s, id=i + 1, content=["".join(f"|{b:02x}|" for b in c) for c in s["content"]])
             for i, s in enumerate(sigs)]
     dep, params = hyp_chains(mode, sigs)
-    for data in payloads:
-        want = first_signature(params, data, "udp", 9)
-        assert dep.run(pkt(UDP(dport=9), data)).action == SEEN_AS[want.action if want else None], data
+    for data, proto, dport in payloads:
+        assert decided(dep, proto, dport, data) == expected(params, proto, dport, data), (proto, dport, data)
 
 
 # 10,000 signatures: a 24 MiB table
