@@ -21,7 +21,7 @@ from tests.chain_fixtures import MODES, chain_name, delta, not_compiling
 from vnfchain import Chain
 from vnfchain.chain import deploy as deploy_mod
 from vnfchain.cli import cli, commands  # noqa: F401  (registers the commands)
-from vnfchain.dpi.l7 import NAME_MAX, Request, first_app_rule
+from vnfchain.dpi.l7 import NAME_MAX, Request, first_app_rule, http_request
 from vnfchain.events import EventReader
 
 pytestmark = pytest.mark.root
@@ -68,6 +68,11 @@ def http(host=None, path="/", method="GET", headers=(), body=b"", v6=False):
     return frame(TCP(sport=40000, dport=80, flags="PA"), request, v6)
 
 
+def raw_http(request: bytes):
+    """An HTTP request exactly as given (line endings, blanks)."""
+    return frame(TCP(sport=40000, dport=80, flags="PA"), request)
+
+
 def client_hello(sni: str) -> bytes:
     """The first flight of a real TLS client (Python's ssl) asking for ``sni``."""
     context = ssl.create_default_context()
@@ -105,6 +110,14 @@ CASES = [
     ("no Host header: only catch-all rules", lambda: http(None), "XDP_TX", "app1009", ("web",)),
     ("a Host line in the body is not a header",
      lambda: http("ok.example", method="POST", body=b"\r\nHost: www.bad.example\r\n"), "XDP_TX", "app1009", ("web",)),
+    ("Host with bare-LF line endings", lambda: raw_http(b"GET / HTTP/1.1\nHost: www.bad.example\nUser-Agent: x\n\n"),
+     "XDP_DROP", "app1000", ()),
+    ("Host after many blanks", lambda: raw_http(b"GET / HTTP/1.1\r\nHost: \t      \t   www.bad.example\r\n\r\n"),
+     "XDP_DROP", "app1000", ()),
+    ("Host with trailing blanks", lambda: raw_http(b"GET / HTTP/1.1\r\nHost:www.bad.example \t \r\n\r\n"),
+     "XDP_DROP", "app1000", ()),
+    ("a Host line after a bare-LF end of headers is not a header",
+     lambda: raw_http(b"POST / HTTP/1.1\nUser-Agent: x\n\nHost: www.bad.example\r\n\r\n"), "XDP_TX", "app1009", ("web",)),
     ("an unknown method is not HTTP", lambda: http("www.bad.example", method="FETCH"), "XDP_TX", None, ()),
     ("signatures come first", lambda: http("good.example", "/etc/passwd"), "XDP_DROP", "sig1", ()),
     ("a banned SNI", lambda: tls("banned.example"), "XDP_DROP", "app1003", ()),
@@ -195,6 +208,34 @@ def test_kernel_verdicts_equal_the_reference(seed):
         assert not wrong, f"{len(wrong)} differ, e.g. " + "; ".join(wrong[:3])
     finally:
         deploy_mod.undeploy(name)
+
+
+HTTP_VARIANTS = [
+    b"GET / HTTP/1.1\nHost: www.bad.example\nUser-Agent: x\n\n",
+    b"GET / HTTP/1.1\nHost: www.bad.example\r\n\r\n",
+    b"GET /admin HTTP/1.1\r\nHost:admin.example\n\n",
+    b"GET / HTTP/1.1\r\nHost:" + b" " * 16 + b"www.bad.example\r\n\r\n",
+    b"GET / HTTP/1.1\r\nHost:" + b" " * 17 + b"www.bad.example\r\n\r\n",   # past the blanks skipped
+    b"GET / HTTP/1.1\r\nHost:\twww.bad.example\t\r\n\r\n",
+    b"GET / HTTP/1.1\r\nHOST: www.bad.example:80 \r\n\r\n",
+    b"GET / HTTP/1.1\r\nX: y\n\r\nHost: www.bad.example\r\n\r\n",
+    b"GET / HTTP/1.1\nX: y\n\nHost: www.bad.example\n\n",
+    b"GET / HTTP/1.1\r\nHost: www.bad.example",                         # runs past the packet
+    b"GET / HTTP/1.1\r\nHost: " + b"a" * 300 + b".bad.example\r\n\r\n",
+    b"DELETE / HTTP/1.1\nHost: ok.example\n\n",
+]
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_http_host_variants_equal_the_reference(deployed, mode):
+    dep = deployed(CHAIN, mode)
+    apps = Chain.from_yaml_text(CHAIN).spec.function("dpi").params.apps
+    seen = {"drop": "XDP_DROP", "pass": "XDP_PASS", "label": "XDP_TX", "alert": "XDP_TX", None: "XDP_TX"}
+    for payload in HTTP_VARIANTS:
+        request = http_request(payload)
+        want = first_app_rule(apps, request)
+        assert dep.run(raw_http(payload)).action == seen[apps[want].action if want is not None else None], \
+            (payload, request, want)
 
 
 def test_a_new_app_rule_is_a_config_change_and_holds_from_the_next_packet():

@@ -40,7 +40,8 @@ name: ``vnfchain events CHAIN`` prints them.
 
 Limits of app rules: up to 64; the request line and Host must be in the
 first packet of the connection, Host within its first 512 bytes and before
-the end of the headers; the SNI in the first packet of the ClientHello; one
+the end of the headers (lines may end in \r\n or a bare \n), its value after
+at most 16 blanks (more: the Host is not seen); the SNI in the first packet of the ClientHello; one
 DNS question, UDP only, no TCP/53. Names are compared on their last 64 bytes
 (a longer name matches wildcards of up to 64 bytes, never an exact name);
 paths on their first 64 bytes, raw (no %-decoding).
