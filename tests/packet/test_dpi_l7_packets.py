@@ -21,7 +21,7 @@ from tests.chain_fixtures import MODES, chain_name, delta, not_compiling
 from vnfchain import Chain
 from vnfchain.chain import deploy as deploy_mod
 from vnfchain.cli import cli, commands  # noqa: F401  (registers the commands)
-from vnfchain.dpi.l7 import NAME_MAX, Request, first_app_rule, http_request
+from vnfchain.dpi.l7 import NAME_MAX, Request, dns_query, first_app_rule, http_request
 from vnfchain.events import EventReader
 
 pytestmark = pytest.mark.root
@@ -91,6 +91,17 @@ def dns(qname, dport=53, response=False):
     return frame(UDP(sport=40002, dport=dport), bytes(DNS(rd=1, qr=int(response), qd=DNSQR(qname=qname))))
 
 
+def dns_wire(labels: list[bytes], tail: bytes = b"\0\0\1\0\1") -> bytes:
+    """A query with this name, label by label (scapy refuses some names tested here)."""
+    return b"\x12\x34\1\0\0\1\0\0\0\0\0\0" + b"".join(bytes([len(x)]) + x for x in labels) + tail
+
+
+def raw_dns(payload: bytes):
+    return frame(UDP(sport=40002, dport=53), payload)
+
+
+MANY = [b"a"] * 98 + [b"evil", b"example"]     # 100 labels, 211 bytes: legal
+
 LONG = ".".join(["x" * 20] * 4)   # 83 bytes before the domain: longer than the kernel's buffer
 
 # description, packet, action, deciding rule's counter, functions the packet went through
@@ -126,6 +137,9 @@ CASES = [
     ("a DNS name below a wildcard", lambda: dns("a.b.evil.example"), "XDP_DROP", "app1005", ()),
     ("the exact DNS name, any case", lambda: dns("Evil.EXAMPLE"), "XDP_DROP", "app1006", ()),
     ("a long DNS name below a wildcard", lambda: dns(f"{LONG}.evil.example"), "XDP_DROP", "app1005", ()),
+    ("a DNS name of 100 labels below a wildcard", lambda: raw_dns(dns_wire(MANY)), "XDP_DROP", "app1005", ()),
+    ("a DNS name of 127 labels below a wildcard", lambda: raw_dns(dns_wire([b"a"] * 125 + [b"evil", b"example"])),
+     "XDP_DROP", "app1005", ()),
     ("an allowed DNS name", lambda: dns("notevil.example"), "XDP_TX", None, ()),
     ("a DNS pass rule", lambda: dns("printer.local.example"), "XDP_PASS", "app1008", ()),
     ("a DNS alert", lambda: dns("spy.example"), "XDP_TX", "app51", ()),
@@ -236,6 +250,42 @@ def test_http_host_variants_equal_the_reference(deployed, mode):
         want = first_app_rule(apps, request)
         assert dep.run(raw_http(payload)).action == seen[apps[want].action if want is not None else None], \
             (payload, request, want)
+
+
+DNS_VARIANTS = [
+    dns_wire(MANY),
+    dns_wire([b"a"] * 125 + [b"evil", b"example"]),
+    dns_wire([b"a"] * 126 + [b"evil", b"example"]),               # 128 labels: more than a legal name
+    dns_wire([b"a"] * 200 + [b"evil", b"example"]),
+    dns_wire([b"x" * 63] * 3 + [b"evil", b"example"]),
+    dns_wire([b"www", b"evil"], tail=b"\xc0\x0c\0\1\0\1"),          # compressed
+    dns_wire([b"www", b"evil", b"example"], tail=b"")[:-3],         # cut short
+    dns_wire([], tail=b"\0\0\1\0\1"),                                 # the root
+    dns_wire([b"Spy", b"EXAMPLE"]),
+]
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_dns_names_equal_the_reference(deployed, mode):
+    dep = deployed(CHAIN, mode)
+    apps = Chain.from_yaml_text(CHAIN).spec.function("dpi").params.apps
+    seen = {"drop": "XDP_DROP", "pass": "XDP_PASS", "label": "XDP_TX", "alert": "XDP_TX", None: "XDP_TX"}
+    for payload in DNS_VARIANTS:
+        request = dns_query(payload)
+        assert request is not None
+        want = first_app_rule(apps, request)
+        assert dep.run(raw_dns(payload)).action == seen[apps[want].action if want is not None else None], \
+            (payload[:40], request, want)
+
+
+def test_a_dns_query_with_an_unreadable_name_is_still_dns(deployed):
+    catch_all = ("name: l7dns\nfunctions:\n  dpi:\n    type: dpi\n    apps: [{app: dns, qname: ok.example, action: pass},"
+                 " {app: dns, action: drop}]\n    next: out\n  out: {type: counter, verdict: tx}\n")
+    for mode in MODES:
+        dep = deployed(catch_all, mode)
+        assert dep.run(dns("ok.example")).action == "XDP_PASS"
+        for payload in DNS_VARIANTS:
+            assert dep.run(raw_dns(payload)).action == "XDP_DROP", (mode, payload[:40])
 
 
 def test_a_new_app_rule_is_a_config_change_and_holds_from_the_next_packet():

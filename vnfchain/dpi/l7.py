@@ -27,6 +27,7 @@ NAME_MAX = 64          # name bytes the kernel compares (the *last* 64 of longer
 HTTP_SCAN = 512        # request bytes searched for the Host header
 HTTP_BLANKS = 16       # blanks skipped before the Host value (more: no Host seen)
 HOST_MAX = 256         # bytes searched for the end of the Host value
+DNS_MAX_LABELS = 128   # labels read of a query name: a 255-byte name and its terminator
 MAX_RULES = 64
 ID_BASE = 1000         # an app rule without id gets ID_BASE + its position
 KINDS = {"http": 1, "tls": 2, "dns": 3}
@@ -213,3 +214,24 @@ def http_host(head: bytes) -> str | None:
         if c in b"\r\n: \t":
             return head[start:start + n].decode("latin-1") or None
     return None
+
+
+def dns_query(payload: bytes) -> Request | None:
+    """What the kernel reads of a DNS query (a UDP/53 payload,
+    vc_l7_dns_qname): None if it is not one. A name cut short by the packet or
+    compressed is no name (only rules without a name match); one of more than
+    DNS_MAX_LABELS labels (not legal) is the labels read, compared on its end."""
+    if len(payload) < 12 or payload[2] & 0x80 or payload[4:6] == b"\0\0":
+        return None
+    labels, at = [], 12
+    for _ in range(DNS_MAX_LABELS):
+        if at >= len(payload) or payload[at] & 0xC0:
+            return Request("dns")
+        n = payload[at]
+        if n == 0:
+            break
+        labels.append(payload[at + 1:at + 1 + n])
+        at += 1 + n
+    if at > len(payload):            # the last of DNS_MAX_LABELS labels runs past the packet
+        return Request("dns")
+    return Request("dns", b".".join(labels).decode("latin-1") or None)

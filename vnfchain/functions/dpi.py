@@ -42,7 +42,8 @@ Limits of app rules: up to 64; the request line and Host must be in the
 first packet of the connection, Host within its first 512 bytes and before
 the end of the headers (lines may end in \r\n or a bare \n), its value after
 at most 16 blanks (more: the Host is not seen); the SNI in the first packet of the ClientHello; one
-DNS question, UDP only, no TCP/53. Names are compared on their last 64 bytes
+DNS question, UDP only, no TCP/53 (a query whose name is cut short by the
+packet or compressed is still DNS, matched by rules without a qname only). Names are compared on their last 64 bytes
 (a longer name matches wildcards of up to 64 bytes, never an exact name);
 paths on their first 64 bytes, raw (no %-decoding).
 

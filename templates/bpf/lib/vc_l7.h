@@ -9,7 +9,7 @@
 
 #define VC_L7_TLS_MAX_EXTENSIONS 32
 #define VC_L7_HTTP_BLANKS 16        /* blanks skipped before the Host value */
-#define VC_L7_DNS_MAX_LABELS 64
+#define VC_L7_DNS_MAX_LABELS 128    /* a 255-byte name and its terminator */
 #define VC_L7_NAME_TRUNCATED 0xff   /* terminator of a name longer than the buffer */
 
 /* where a name lies in the packet */
@@ -199,7 +199,10 @@ static __always_inline struct vc_l7_span vc_l7_tls_sni(struct xdp_md *ctx, __u32
 
 /* the first question's name of a DNS query at off (the UDP payload), as the
  * span of its wire bytes after the first length octet: "3www3bad7example0"
- * -> "www3bad7example", which vc_l7_dns_dots then punctuates */
+ * -> "www3bad7example", which vc_l7_dns_dots then punctuates. off 0: not a
+ * query. A name cut short by the packet or compressed is len 0 (only rules
+ * without a name match); one longer than VC_L7_DNS_MAX_LABELS labels (over
+ * 255 bytes: not legal) is the span read so far, compared on its end. */
 static __always_inline struct vc_l7_span vc_l7_dns_qname(struct xdp_md *ctx, __u32 off)
 {
 	struct vc_l7_span span = { 0, 0 };
@@ -208,20 +211,20 @@ static __always_inline struct vc_l7_span vc_l7_dns_qname(struct xdp_md *ctx, __u
 
 	if (!hdr || hdr[2] & 0x80 || (hdr[4] == 0 && hdr[5] == 0))
 		return span;            /* a response, or no question */
+	span.off = p + 1;
 	for (__u64 i = 0; i < VC_L7_DNS_MAX_LABELS; i++) {
 		int len = vc_l7_byte(ctx, p + total);
 
 		if (len < 0 || len & 0xc0)
 			return span;        /* cut short, or compressed (queries are not) */
 		if (len == 0) {
-			if (total) {
-				span.off = p + 1;
+			if (total)
 				span.len = total - 1;
-			}
 			return span;
 		}
 		total += len + 1;
 	}
+	span.len = total - 1;
 	return span;
 }
 
