@@ -74,8 +74,10 @@ def raw_http(request: bytes):
 
 
 def client_hello(sni: str) -> bytes:
-    """The first flight of a real TLS client (Python's ssl) asking for ``sni``."""
+    """The first flight of a real TLS client (Python's ssl) asking for ``sni``
+    (an IP address: a ClientHello without server_name)."""
     context = ssl.create_default_context()
+    context.check_hostname = False
     incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
     conn = context.wrap_bio(incoming, outgoing, server_hostname=sni)
     with pytest.raises(ssl.SSLWantReadError):
@@ -133,6 +135,7 @@ CASES = [
     ("signatures come first", lambda: http("good.example", "/etc/passwd"), "XDP_DROP", "sig1", ()),
     ("a banned SNI", lambda: tls("banned.example"), "XDP_DROP", "app1003", ()),
     ("another SNI branches to tls", lambda: tls("fine.example"), "XDP_TX", "app1010", ("tls",)),
+    ("a ClientHello to an IP address (no SNI) branches to tls", lambda: tls(SERVER), "XDP_TX", "app1010", ("tls",)),
     ("an SNI alert continues", lambda: tls("a.watch.example"), "XDP_TX", "app50", ()),
     ("a DNS name below a wildcard", lambda: dns("a.b.evil.example"), "XDP_DROP", "app1005", ()),
     ("the exact DNS name, any case", lambda: dns("Evil.EXAMPLE"), "XDP_DROP", "app1006", ()),
@@ -286,6 +289,15 @@ def test_a_dns_query_with_an_unreadable_name_is_still_dns(deployed):
         assert dep.run(dns("ok.example")).action == "XDP_PASS"
         for payload in DNS_VARIANTS:
             assert dep.run(raw_dns(payload)).action == "XDP_DROP", (mode, payload[:40])
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_a_tls_rule_without_sni_drops_every_client_hello(deployed, mode):
+    dep = deployed("name: l7tls\nfunctions:\n  dpi:\n    type: dpi\n    apps: [{app: tls, action: drop}]\n"
+                   "    next: out\n  out: {type: counter, verdict: tx}\n", mode)
+    assert dep.run(tls("fine.example")).action == "XDP_DROP"
+    assert dep.run(tls(SERVER)).action == "XDP_DROP"
+    assert dep.run(http("fine.example")).action == "XDP_TX"
 
 
 def test_a_new_app_rule_is_a_config_change_and_holds_from_the_next_packet():

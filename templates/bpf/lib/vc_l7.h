@@ -163,15 +163,18 @@ static __always_inline struct vc_l7_span vc_l7_http_host(struct xdp_md *ctx, __u
 }
 
 /* the server_name of a TLS ClientHello starting at off (a handshake record);
- * len 0 if it is none or has no SNI in this packet */
-static __always_inline struct vc_l7_span vc_l7_tls_sni(struct xdp_md *ctx, __u32 off)
+ * *hello is whether the packet starts a ClientHello at all; len 0 if it has
+ * no SNI in this packet (none, e.g. to an IP address, or further on) */
+static __always_inline struct vc_l7_span vc_l7_tls_sni(struct xdp_md *ctx, __u32 off, int *hello)
 {
 	struct vc_l7_span span = { 0, 0 };
 	__u8 *rec = vc_l7_at(ctx, off, 6);
 	__u32 p, end;
 
+	*hello = 0;
 	if (!rec || rec[0] != 0x16 || rec[1] != 0x03 || rec[5] != 0x01)
 		return span;            /* handshake record, TLS 1.x, ClientHello */
+	*hello = 1;
 	p = off + 5 + 4 + 2 + 32;   /* record and handshake headers, version, random */
 	p += 1 + vc_l7_byte(ctx, p) % 256;                  /* session id */
 	p += 2 + vc_l7_be16(ctx, p);                        /* cipher suites */
