@@ -131,32 +131,42 @@ class DpiParams(Params):
                                    description="ordered app rules (HTTP, TLS SNI, DNS), after the signatures")
     rules_file: str | None = Field(None, description="Suricata-style rules, read after signatures; a "
                                    "relative path is relative to the chain file")
+    rules_text: str | None = Field(None, description="the rules file's text: filled in from rules_file when the "
+                                   "chain is read (the deployed chain keeps the rules as deployed; edit the file "
+                                   "and deploy again to change them); given, the file is not read")
     max_scan: int = Field(256, ge=16, le=1500, description="payload bytes scanned per packet")
 
     @field_validator("rules_file")
     @classmethod
     def _rules_path(cls, v, info: ValidationInfo):
-        chain_file = (info.context or {}).get("chain_file")
-        if v is not None and chain_file and not os.path.isabs(v):
-            return os.path.join(os.path.dirname(os.path.abspath(chain_file)), v)
-        return v
+        return _rules_path(v, info)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _read_rules_file(cls, data, info: ValidationInfo):
+        """The rules file is read once, here: later processes (stats, events,
+        a redeploy comparing parameters) see the rules as deployed."""
+        if isinstance(data, dict) and isinstance(data.get("rules_file"), str) and data.get("rules_text") is None:
+            path = _rules_path(data["rules_file"], info)
+            try:
+                with open(path) as f:
+                    data = {**data, "rules_text": f.read()}
+            except OSError as exc:
+                raise ValueError(f"rules_file {path}: {exc.strerror}; check the path "
+                                 "(a relative one is relative to the chain file)") from None
+        return data
 
     @cached_property
     def all_signatures(self) -> tuple[Signature, ...]:
-        """signatures, then the rules of rules_file, in order."""
-        if self.rules_file is None:
+        """signatures, then the rules of rules_file (as read into rules_text), in order."""
+        if self.rules_text is None:
             return tuple(self.signatures)
-        try:
-            with open(self.rules_file) as f:
-                text = f.read()
-        except OSError as exc:
-            raise ValueError(f"rules_file {self.rules_file}: {exc.strerror}; check the path "
-                             "(a relative one is relative to the chain file)") from None
+        source = f"rules_file {self.rules_file}" if self.rules_file else "rules_text"
         out = list(self.signatures)
         try:
-            found = rules(text)
+            found = rules(self.rules_text)
         except RuleError as exc:
-            raise ValueError(f"rules_file {self.rules_file}, {exc}") from None
+            raise ValueError(f"{source}, {exc}") from None
         for line, sig in found:
             try:
                 out.append(Signature.model_validate(sig))
@@ -164,7 +174,7 @@ class DpiParams(Params):
                 err = exc.errors()[0]
                 field = {"id": "sid"}.get(str(err["loc"][0]), err["loc"][0]) if err["loc"] else "rule"
                 msg = err["msg"].removeprefix("Value error, ")
-                raise ValueError(f"rules_file {self.rules_file}, line {line}: {field}: {msg}") from None
+                raise ValueError(f"{source}, line {line}: {field}: {msg}") from None
         return tuple(out)
 
     @model_validator(mode="after")
@@ -183,6 +193,13 @@ class DpiParams(Params):
                              f"classes = {size >> 20} MiB, over the {MAX_TABLE_BYTES >> 20} MiB limit of the DPI "
                              "table; use fewer or shorter contents, or split the signatures over two dpi functions")
         return self
+
+
+def _rules_path(v, info: ValidationInfo):
+    chain_file = (info.context or {}).get("chain_file")
+    if v is not None and chain_file and not os.path.isabs(v):
+        return os.path.join(os.path.dirname(os.path.abspath(chain_file)), v)
+    return v
 
 
 @dataclass(frozen=True)
