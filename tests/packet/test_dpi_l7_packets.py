@@ -7,8 +7,12 @@ events read back from the pinned ring buffer, by the library and by
 from __future__ import annotations
 
 import json
+import os
 import random
 import ssl
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
@@ -395,3 +399,57 @@ def test_events_cli_stops_at_its_timeout_and_refuses_chains_without_events(deplo
     result = runner.invoke(cli, ["events", plain.name, "--timeout", "0.3"])
     assert result.exit_code == 1
     assert "has no function that sends events" in result.output
+
+
+def own_chain(deployed, tag):
+    """A chain of CHAIN's rules whose events no module reader takes."""
+    return deployed(CHAIN + f"# {tag}\n", "tailcall", tag=tag)
+
+
+def test_events_cli_count_leaves_the_other_events_for_the_next_reader(deployed):
+    dep = own_chain(deployed, "evcount")
+    runner = CliRunner()
+    runner.invoke(cli, ["events", dep.name, "--timeout", "0.1"])     # what was left
+    dep.run(dns("spy.example"), repeat=3)
+    first = runner.invoke(cli, ["events", dep.name, "--count", "1", "--timeout", "2"])
+    assert first.exit_code == 0, first.output
+    assert len(first.output.splitlines()) == 1
+    rest = runner.invoke(cli, ["events", dep.name, "--count", "5", "--timeout", "0.5"])
+    assert rest.exit_code == 0, rest.output
+    assert len(rest.output.splitlines()) == 2
+
+
+def test_events_cli_timeout_0_reads_what_waits(deployed):
+    dep = own_chain(deployed, "evzero")
+    runner = CliRunner()
+    runner.invoke(cli, ["events", dep.name, "--timeout", "0.1"])
+    dep.run(dns("spy.example"))
+    result = runner.invoke(cli, ["events", dep.name, "--timeout", "0"])
+    assert result.exit_code == 0, result.output
+    assert "dpi id 51 dns spy.example" in result.output
+
+
+def test_events_cli_into_a_closed_pipe_ends_quietly(deployed):
+    dep = own_chain(deployed, "evpipe")
+    dep.run(dns("spy.example"), repeat=1500)        # more lines than a pipe holds
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    proc = subprocess.run(["bash", "-o", "pipefail", "-c",       # fails if vnfchain does
+                           f"{sys.executable} -m vnfchain events {dep.name} --json --timeout 3 | head -n 1"],
+                          capture_output=True, text=True, env=env, timeout=60)
+    assert json.loads(proc.stdout)["id"] == 51
+    assert (proc.returncode, proc.stderr) == (0, "")
+
+
+def test_events_cli_unreadable_ring_is_a_clear_error(deployed, monkeypatch):
+    import errno
+    from vnfchain import bpfsys
+
+    def refused(path):
+        raise OSError(errno.EPERM, f"open pin {path}: {os.strerror(errno.EPERM)}")
+    dep = own_chain(deployed, "evperm")
+    monkeypatch.setattr(bpfsys, "obj_get", refused)      # as for a user without CAP_BPF
+    result = CliRunner().invoke(cli, ["events", dep.name, "--timeout", "0.1"])
+    assert result.exit_code == 1
+    assert f"error: cannot read the events of chain '{dep.name}': open pin " in result.output
+    assert "Operation not permitted; run as root" in result.output
+    assert isinstance(result.exception, SystemExit)
