@@ -16,6 +16,12 @@ destination port or any, options content, nocase, offset, depth, sid (msg, rev,
 classtype, reference, metadata, priority, fast_pattern, rawbytes are ignored).
 Any other option (pcre, flow, distance, http_*, ...) is an error naming the
 rule's line; nocase/offset/depth must be alike for all contents of a rule.
+Unlike Suricata: the first signature in the list that matches decides
+(Suricata orders by action: pass, then drop, then alert, whatever the order in
+the file), and one unsupported rule rejects the whole file, so public sets
+(ET Open: flow:, $HOME_NET, pcre, ...) do not load as they are: keep the rules
+for dpi in a file of their own. The file is read when the chain is (into
+rules_text): edit it and deploy again to change the running rules.
 
 max_scan (default 256, at most 1500): payload bytes scanned per packet.
 
@@ -36,7 +42,11 @@ domain itself); a rule without a name matches the whole application, e.g.
 ``{app: tls, action: label, label: tls}`` TLS another. App rules see what the
 signatures let continue; the first matching rule decides. ``action: alert``
 (signatures too) also sends an event with the rule id, the 5-tuple and the
-name: ``vnfchain events CHAIN`` prints them.
+name: ``vnfchain events CHAIN`` prints them. App rule ids (``id``, counted as
+app<ID>_hits) default to 1000 + the rule's position in ``apps``: inserting a
+rule renumbers the counters of those after it, and a signature id (sid) of
+1000 or more can clash with a default (an error saying where each comes from)
+— give ids to the rules whose counters you follow.
 
 Limits of app rules: up to 64; the request line and Host must be in the
 first packet of the connection, Host within its first 512 bytes and before
@@ -159,17 +169,22 @@ class DpiParams(Params):
     @cached_property
     def all_signatures(self) -> tuple[Signature, ...]:
         """signatures, then the rules of rules_file (as read into rules_text), in order."""
+        return tuple(sig for _, sig in self.signature_sources)
+
+    @cached_property
+    def signature_sources(self) -> tuple[tuple[str, Signature], ...]:
+        """(where it was given, signature) for all_signatures."""
+        out = [(f"signatures[{i}]", s) for i, s in enumerate(self.signatures)]
         if self.rules_text is None:
-            return tuple(self.signatures)
+            return tuple(out)
         source = f"rules_file {self.rules_file}" if self.rules_file else "rules_text"
-        out = list(self.signatures)
         try:
             found = rules(self.rules_text)
         except RuleError as exc:
             raise ValueError(f"{source}, {exc}") from None
         for line, sig in found:
             try:
-                out.append(Signature.model_validate(sig))
+                out.append((f"{source}, line {line}", Signature.model_validate(sig)))
             except ValidationError as exc:
                 err = exc.errors()[0]
                 field = {"id": "sid"}.get(str(err["loc"][0]), err["loc"][0]) if err["loc"] else "rule"
@@ -182,10 +197,16 @@ class DpiParams(Params):
         if not self.all_signatures and not self.apps:
             raise ValueError("no signatures or app rules: give signatures: [...], a rules_file with rules, "
                              "or apps: [...]")
-        ids = [s.id for s in self.all_signatures] + l7.rule_ids(self.apps)
+        sources = [(s.id, f"{where}" + (" (sid)" if where.startswith("rules") else ""))
+                   for where, s in self.signature_sources]
+        sources += [(n, f"apps[{i}]" + ("" if r.id else f" (by default {l7.ID_BASE} + its position)"))
+                    for i, (r, n) in enumerate(zip(self.apps, l7.rule_ids(self.apps)))]
+        ids = [n for n, _ in sources]
         if len(set(ids)) != len(ids):
             dup = next(i for i, n in Counter(ids).items() if n > 1)
-            raise ValueError(f"signature and app rule ids must be unique (sid in rules); {dup} is used twice")
+            where = " and ".join(w for n, w in sources if n == dup)
+            raise ValueError(f"signature and app rule ids must be unique (sid in rules); {dup} is used twice: "
+                             f"by {where}")
         dfa = _automaton_of(self.all_signatures)
         size = dfa.states * dfa.classes * 4
         if size > MAX_TABLE_BYTES:
