@@ -247,18 +247,6 @@ HTTP_VARIANTS = [
 ]
 
 
-@pytest.mark.parametrize("mode", MODES)
-def test_http_host_variants_equal_the_reference(deployed, mode):
-    dep = deployed(CHAIN, mode)
-    apps = Chain.from_yaml_text(CHAIN).spec.function("dpi").params.apps
-    seen = {"drop": "XDP_DROP", "pass": "XDP_PASS", "label": "XDP_TX", "alert": "XDP_TX", None: "XDP_TX"}
-    for payload in HTTP_VARIANTS:
-        request = http_request(payload)
-        want = first_app_rule(apps, request)
-        assert dep.run(raw_http(payload)).action == seen[apps[want].action if want is not None else None], \
-            (payload, request, want)
-
-
 DNS_VARIANTS = [
     dns_wire(MANY),
     dns_wire([b"a"] * 125 + [b"evil", b"example"]),
@@ -273,15 +261,17 @@ DNS_VARIANTS = [
 
 
 @pytest.mark.parametrize("mode", MODES)
-def test_dns_names_equal_the_reference(deployed, mode):
+def test_http_and_dns_variants_equal_the_reference(deployed, mode):
+    """The kernel reads Host and query names as l7.http_request and l7.dns_query do."""
     dep = deployed(CHAIN, mode)
     apps = Chain.from_yaml_text(CHAIN).spec.function("dpi").params.apps
     seen = {"drop": "XDP_DROP", "pass": "XDP_PASS", "label": "XDP_TX", "alert": "XDP_TX", None: "XDP_TX"}
-    for payload in DNS_VARIANTS:
-        request = dns_query(payload)
+    cases = [(p, http_request, raw_http) for p in HTTP_VARIANTS] + [(p, dns_query, raw_dns) for p in DNS_VARIANTS]
+    for payload, read, make in cases:
+        request = read(payload)
         assert request is not None
         want = first_app_rule(apps, request)
-        assert dep.run(raw_dns(payload)).action == seen[apps[want].action if want is not None else None], \
+        assert dep.run(make(payload)).action == seen[apps[want].action if want is not None else None], \
             (payload[:40], request, want)
 
 
