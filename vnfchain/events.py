@@ -14,6 +14,7 @@ beyond that they are dropped and counted (``alerts_lost`` in ``vnfchain stats``)
 from __future__ import annotations
 
 import ctypes
+import errno
 import os
 import time
 from typing import TYPE_CHECKING, Callable, Iterator
@@ -26,6 +27,7 @@ if TYPE_CHECKING:
 
 EVENTS_MAP = "events"   # a function's ring buffer, declared with VC_RINGBUF(<fn>_events, size)
 
+_STOP = -errno.ECANCELED   # a sample callback's "enough": libbpf stops consuming after that sample
 _SAMPLE = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t)
 
 
@@ -53,6 +55,7 @@ class EventReader:
         self._fds: list[int] = []
         self._callbacks = []     # ctypes keeps no reference of its own
         self._pending: list[dict] = []
+        self._limit: int | None = None
         self._error: BaseException | None = None
         pins = dep.record.get("maps", {})
         try:
@@ -60,6 +63,10 @@ class EventReader:
                 pin = pins.get(f"{f.name}_{EVENTS_MAP}")
                 if pin and hasattr(f.ftype, "decode_event"):
                     self._add(pin, f.name, f.ftype.decode_event)
+        except OSError as exc:
+            self.close()
+            raise VnfchainError(f"cannot read the events of chain '{dep.name}': {exc.strerror}"
+                                + ("; run as root" if exc.errno in (errno.EPERM, errno.EACCES) else "")) from None
         except BaseException:
             self.close()
             raise
@@ -76,7 +83,8 @@ class EventReader:
             except BaseException as exc:   # never let an exception unwind through libbpf
                 self._error = exc
                 return -1
-            return 0
+            # enough: the rest stay in the ring for the next read
+            return _STOP if self._limit is not None and len(self._pending) >= self._limit else 0
 
         fd = bpfsys.obj_get(pin)
         self._fds.append(fd)
@@ -89,13 +97,18 @@ class EventReader:
         elif self._lib.ring_buffer__add(self._ring, fd, callback, None) < 0:
             raise OSError(ctypes.get_errno(), f"open ring buffer {pin}: {os.strerror(ctypes.get_errno())}")
 
-    def poll(self, timeout: float) -> list[dict]:
-        """Events that arrive within ``timeout`` seconds (those waiting first)."""
-        rc = self._lib.ring_buffer__poll(self._ring, max(0, int(timeout * 1000)))
+    def poll(self, timeout: float, limit: int | None = None) -> list[dict]:
+        """Events that arrive within ``timeout`` seconds (those waiting first);
+        at most ``limit`` of them: the others are left in the ring."""
+        self._limit = limit
+        try:
+            rc = self._lib.ring_buffer__poll(self._ring, max(0, int(timeout * 1000)))
+        finally:
+            self._limit = None
         if self._error is not None:
             error, self._error = self._error, None
             raise error
-        if rc < 0 and -rc != 4:   # EINTR: a signal (Ctrl-C) came first
+        if rc < 0 and rc != _STOP and -rc != errno.EINTR:   # EINTR: a signal (Ctrl-C) came first
             raise OSError(-rc, f"read events: {os.strerror(-rc)}")
         events, self._pending = self._pending, []
         return events
@@ -103,12 +116,13 @@ class EventReader:
     def events(self, *, timeout: float | None = None, count: int | None = None) -> Iterator[dict]:
         """Events as they come, until ``count`` of them or ``timeout`` seconds."""
         deadline = None if timeout is None else time.monotonic() + timeout
-        seen = 0
+        seen, first = 0, True
         while count is None or seen < count:
             left = 0.25 if deadline is None else min(0.25, deadline - time.monotonic())
-            if left < 0:
+            if left < 0 and not first:      # polled at least once, even with timeout 0
                 return
-            for event in self.poll(left):
+            first = False
+            for event in self.poll(max(0.0, left), None if count is None else count - seen):
                 yield event
                 seen += 1
                 if count is not None and seen >= count:

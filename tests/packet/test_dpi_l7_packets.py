@@ -7,8 +7,12 @@ events read back from the pinned ring buffer, by the library and by
 from __future__ import annotations
 
 import json
+import os
 import random
 import ssl
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
@@ -21,7 +25,7 @@ from tests.chain_fixtures import MODES, chain_name, delta, not_compiling
 from vnfchain import Chain
 from vnfchain.chain import deploy as deploy_mod
 from vnfchain.cli import cli, commands  # noqa: F401  (registers the commands)
-from vnfchain.dpi.l7 import NAME_MAX, Request, first_app_rule, rule_ids
+from vnfchain.dpi.l7 import NAME_MAX, Request, dns_query, first_app_rule, http_request, rule_ids
 from vnfchain.events import EventReader
 
 pytestmark = pytest.mark.root
@@ -68,9 +72,16 @@ def http(host=None, path="/", method="GET", headers=(), body=b"", v6=False):
     return frame(TCP(sport=40000, dport=80, flags="PA"), request, v6)
 
 
+def raw_http(request: bytes):
+    """An HTTP request exactly as given (line endings, blanks)."""
+    return frame(TCP(sport=40000, dport=80, flags="PA"), request)
+
+
 def client_hello(sni: str) -> bytes:
-    """The first flight of a real TLS client (Python's ssl) asking for ``sni``."""
+    """The first flight of a real TLS client (Python's ssl) asking for ``sni``
+    (an IP address: a ClientHello without server_name)."""
     context = ssl.create_default_context()
+    context.check_hostname = False
     incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
     conn = context.wrap_bio(incoming, outgoing, server_hostname=sni)
     with pytest.raises(ssl.SSLWantReadError):
@@ -85,6 +96,17 @@ def tls(sni):
 def dns(qname, dport=53, response=False):
     return frame(UDP(sport=40002, dport=dport), bytes(DNS(rd=1, qr=int(response), qd=DNSQR(qname=qname))))
 
+
+def dns_wire(labels: list[bytes], tail: bytes = b"\0\0\1\0\1") -> bytes:
+    """A query with this name, label by label (scapy refuses some names tested here)."""
+    return b"\x12\x34\1\0\0\1\0\0\0\0\0\0" + b"".join(bytes([len(x)]) + x for x in labels) + tail
+
+
+def raw_dns(payload: bytes):
+    return frame(UDP(sport=40002, dport=53), payload)
+
+
+MANY = [b"a"] * 98 + [b"evil", b"example"]     # 100 labels, 211 bytes: legal
 
 LONG = ".".join(["x" * 20] * 4)   # 83 bytes before the domain: longer than the kernel's buffer
 
@@ -105,14 +127,26 @@ CASES = [
     ("no Host header: only catch-all rules", lambda: http(None), "XDP_TX", "app1009", ("web",)),
     ("a Host line in the body is not a header",
      lambda: http("ok.example", method="POST", body=b"\r\nHost: www.bad.example\r\n"), "XDP_TX", "app1009", ("web",)),
+    ("Host with bare-LF line endings", lambda: raw_http(b"GET / HTTP/1.1\nHost: www.bad.example\nUser-Agent: x\n\n"),
+     "XDP_DROP", "app1000", ()),
+    ("Host after many blanks", lambda: raw_http(b"GET / HTTP/1.1\r\nHost: \t      \t   www.bad.example\r\n\r\n"),
+     "XDP_DROP", "app1000", ()),
+    ("Host with trailing blanks", lambda: raw_http(b"GET / HTTP/1.1\r\nHost:www.bad.example \t \r\n\r\n"),
+     "XDP_DROP", "app1000", ()),
+    ("a Host line after a bare-LF end of headers is not a header",
+     lambda: raw_http(b"POST / HTTP/1.1\nUser-Agent: x\n\nHost: www.bad.example\r\n\r\n"), "XDP_TX", "app1009", ("web",)),
     ("an unknown method is not HTTP", lambda: http("www.bad.example", method="FETCH"), "XDP_TX", None, ()),
     ("signatures come first", lambda: http("good.example", "/etc/passwd"), "XDP_DROP", "sig1", ()),
     ("a banned SNI", lambda: tls("banned.example"), "XDP_DROP", "app1003", ()),
     ("another SNI branches to tls", lambda: tls("fine.example"), "XDP_TX", "app1010", ("tls",)),
+    ("a ClientHello to an IP address (no SNI) branches to tls", lambda: tls(SERVER), "XDP_TX", "app1010", ("tls",)),
     ("an SNI alert continues", lambda: tls("a.watch.example"), "XDP_TX", "app50", ()),
     ("a DNS name below a wildcard", lambda: dns("a.b.evil.example"), "XDP_DROP", "app1005", ()),
     ("the exact DNS name, any case", lambda: dns("Evil.EXAMPLE"), "XDP_DROP", "app1006", ()),
     ("a long DNS name below a wildcard", lambda: dns(f"{LONG}.evil.example"), "XDP_DROP", "app1005", ()),
+    ("a DNS name of 100 labels below a wildcard", lambda: raw_dns(dns_wire(MANY)), "XDP_DROP", "app1005", ()),
+    ("a DNS name of 127 labels below a wildcard", lambda: raw_dns(dns_wire([b"a"] * 125 + [b"evil", b"example"])),
+     "XDP_DROP", "app1005", ()),
     ("an allowed DNS name", lambda: dns("notevil.example"), "XDP_TX", None, ()),
     ("a DNS pass rule", lambda: dns("printer.local.example"), "XDP_PASS", "app1008", ()),
     ("a DNS alert", lambda: dns("spy.example"), "XDP_TX", "app51", ()),
@@ -210,6 +244,69 @@ def test_kernel_verdicts_equal_the_reference(seed):
         deploy_mod.undeploy(name)
 
 
+HTTP_VARIANTS = [
+    b"GET / HTTP/1.1\nHost: www.bad.example\nUser-Agent: x\n\n",
+    b"GET / HTTP/1.1\nHost: www.bad.example\r\n\r\n",
+    b"GET /admin HTTP/1.1\r\nHost:admin.example\n\n",
+    b"GET / HTTP/1.1\r\nHost:" + b" " * 16 + b"www.bad.example\r\n\r\n",
+    b"GET / HTTP/1.1\r\nHost:" + b" " * 17 + b"www.bad.example\r\n\r\n",   # past the blanks skipped
+    b"GET / HTTP/1.1\r\nHost:\twww.bad.example\t\r\n\r\n",
+    b"GET / HTTP/1.1\r\nHOST: www.bad.example:80 \r\n\r\n",
+    b"GET / HTTP/1.1\r\nX: y\n\r\nHost: www.bad.example\r\n\r\n",
+    b"GET / HTTP/1.1\nX: y\n\nHost: www.bad.example\n\n",
+    b"GET / HTTP/1.1\r\nHost: www.bad.example",                         # runs past the packet
+    b"GET / HTTP/1.1\r\nHost: " + b"a" * 300 + b".bad.example\r\n\r\n",
+    b"DELETE / HTTP/1.1\nHost: ok.example\n\n",
+]
+
+
+DNS_VARIANTS = [
+    dns_wire(MANY),
+    dns_wire([b"a"] * 125 + [b"evil", b"example"]),
+    dns_wire([b"a"] * 126 + [b"evil", b"example"]),               # 128 labels: more than a legal name
+    dns_wire([b"a"] * 200 + [b"evil", b"example"]),
+    dns_wire([b"x" * 63] * 3 + [b"evil", b"example"]),
+    dns_wire([b"www", b"evil"], tail=b"\xc0\x0c\0\1\0\1"),          # compressed
+    dns_wire([b"www", b"evil", b"example"], tail=b"")[:-3],         # cut short
+    dns_wire([], tail=b"\0\0\1\0\1"),                                 # the root
+    dns_wire([b"Spy", b"EXAMPLE"]),
+]
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_http_and_dns_variants_equal_the_reference(deployed, mode):
+    """The kernel reads Host and query names as l7.http_request and l7.dns_query do."""
+    dep = deployed(CHAIN, mode)
+    apps = Chain.from_yaml_text(CHAIN).spec.function("dpi").params.apps
+    seen = {"drop": "XDP_DROP", "pass": "XDP_PASS", "label": "XDP_TX", "alert": "XDP_TX", None: "XDP_TX"}
+    cases = [(p, http_request, raw_http) for p in HTTP_VARIANTS] + [(p, dns_query, raw_dns) for p in DNS_VARIANTS]
+    for payload, read, make in cases:
+        request = read(payload)
+        assert request is not None
+        want = first_app_rule(apps, request)
+        assert dep.run(make(payload)).action == seen[apps[want].action if want is not None else None], \
+            (payload[:40], request, want)
+
+
+def test_a_dns_query_with_an_unreadable_name_is_still_dns(deployed):
+    catch_all = ("name: l7dns\nfunctions:\n  dpi:\n    type: dpi\n    apps: [{app: dns, qname: ok.example, action: pass},"
+                 " {app: dns, action: drop}]\n    next: out\n  out: {type: counter, verdict: tx}\n")
+    for mode in MODES:
+        dep = deployed(catch_all, mode)
+        assert dep.run(dns("ok.example")).action == "XDP_PASS"
+        for payload in DNS_VARIANTS:
+            assert dep.run(raw_dns(payload)).action == "XDP_DROP", (mode, payload[:40])
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_a_tls_rule_without_sni_drops_every_client_hello(deployed, mode):
+    dep = deployed("name: l7tls\nfunctions:\n  dpi:\n    type: dpi\n    apps: [{app: tls, action: drop}]\n"
+                   "    next: out\n  out: {type: counter, verdict: tx}\n", mode)
+    assert dep.run(tls("fine.example")).action == "XDP_DROP"
+    assert dep.run(tls(SERVER)).action == "XDP_DROP"
+    assert dep.run(http("fine.example")).action == "XDP_TX"
+
+
 def test_a_new_app_rule_is_a_config_change_and_holds_from_the_next_packet():
     name = chain_name("l7live")
     rules = ['{app: dns, qname: "*.evil.example", action: drop}']
@@ -305,3 +402,57 @@ def test_events_cli_stops_at_its_timeout_and_refuses_chains_without_events(deplo
     result = runner.invoke(cli, ["events", plain.name, "--timeout", "0.3"])
     assert result.exit_code == 1
     assert "has no function that sends events" in result.output
+
+
+def own_chain(deployed, tag):
+    """A chain of CHAIN's rules whose events no module reader takes."""
+    return deployed(CHAIN + f"# {tag}\n", "tailcall", tag=tag)
+
+
+def test_events_cli_count_leaves_the_other_events_for_the_next_reader(deployed):
+    dep = own_chain(deployed, "evcount")
+    runner = CliRunner()
+    runner.invoke(cli, ["events", dep.name, "--timeout", "0.1"])     # what was left
+    dep.run(dns("spy.example"), repeat=3)
+    first = runner.invoke(cli, ["events", dep.name, "--count", "1", "--timeout", "2"])
+    assert first.exit_code == 0, first.output
+    assert len(first.output.splitlines()) == 1
+    rest = runner.invoke(cli, ["events", dep.name, "--count", "5", "--timeout", "0.5"])
+    assert rest.exit_code == 0, rest.output
+    assert len(rest.output.splitlines()) == 2
+
+
+def test_events_cli_timeout_0_reads_what_waits(deployed):
+    dep = own_chain(deployed, "evzero")
+    runner = CliRunner()
+    runner.invoke(cli, ["events", dep.name, "--timeout", "0.1"])
+    dep.run(dns("spy.example"))
+    result = runner.invoke(cli, ["events", dep.name, "--timeout", "0"])
+    assert result.exit_code == 0, result.output
+    assert "dpi id 51 dns spy.example" in result.output
+
+
+def test_events_cli_into_a_closed_pipe_ends_quietly(deployed):
+    dep = own_chain(deployed, "evpipe")
+    dep.run(dns("spy.example"), repeat=1500)        # more lines than a pipe holds
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    proc = subprocess.run(["bash", "-o", "pipefail", "-c",       # fails if vnfchain does
+                           f"{sys.executable} -m vnfchain events {dep.name} --json --timeout 3 | head -n 1"],
+                          capture_output=True, text=True, env=env, timeout=60)
+    assert json.loads(proc.stdout)["id"] == 51
+    assert (proc.returncode, proc.stderr) == (0, "")
+
+
+def test_events_cli_unreadable_ring_is_a_clear_error(deployed, monkeypatch):
+    import errno
+    from vnfchain import bpfsys
+
+    def refused(path):
+        raise OSError(errno.EPERM, f"open pin {path}: {os.strerror(errno.EPERM)}")
+    dep = own_chain(deployed, "evperm")
+    monkeypatch.setattr(bpfsys, "obj_get", refused)      # as for a user without CAP_BPF
+    result = CliRunner().invoke(cli, ["events", dep.name, "--timeout", "0.1"])
+    assert result.exit_code == 1
+    assert f"error: cannot read the events of chain '{dep.name}': open pin " in result.output
+    assert "Operation not permitted; run as root" in result.output
+    assert isinstance(result.exception, SystemExit)

@@ -308,3 +308,34 @@ def test_new_contents_are_a_map_update_not_a_new_program():
         assert dep.run(pkt(UDP(dport=9), b"\xde\xad\xbe\xef")).action == "XDP_PASS"
     finally:
         deploy_mod.undeploy(name)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_an_edited_rules_file_is_a_change_and_the_chain_no_longer_needs_the_file(tmp_path, mode):
+    from click.testing import CliRunner
+    from vnfchain.cli import cli, commands  # noqa: F401  (registers the commands)
+    name = chain_name(f"dpifile{mode[0]}")
+    rules_file = tmp_path / "web.rules"
+    path = tmp_path / "chain.yaml"
+    path.write_text(f"name: {name}\nmode: {mode}\nfunctions:\n  dpi:\n    type: dpi\n    rules_file: web.rules\n"
+                    "    next: out\n  out: {type: counter, verdict: tx}\n")
+    rules_file.write_text('drop tcp any any -> any 80 (content:"/etc/passwd"; sid:7;)\n')
+    try:
+        dep = Chain.from_yaml(path).deploy(attach=[])
+        assert dep.run(pkt(TCP(dport=80), b"GET /etc/passwd")).action == "XDP_DROP"
+        rules_file.write_text('drop tcp any any -> any 80 (content:"cmd.exe"; sid:8;)\n'
+                              'alert tcp any any -> any 80 (content:"/etc/passwd"; sid:9;)\n')
+        with not_compiling():
+            dep = Chain.from_yaml(path).deploy(attach=[])
+        assert dep.last_change == "config"
+        assert dep.run(pkt(TCP(dport=80), b"GET /etc/passwd")).action == "XDP_TX"
+        assert dep.run(pkt(TCP(dport=80), b"GET /cmd.exe")).action == "XDP_DROP"
+        rules_file.unlink()
+        runner = CliRunner()
+        for command in (["stats", name], ["status", name]):
+            result = runner.invoke(cli, command)
+            assert result.exit_code == 0, result.output
+        assert "sig8_hits=1" in runner.invoke(cli, ["stats", name]).output
+        assert "sig9_hits=1" in runner.invoke(cli, ["stats", name]).output
+    finally:
+        deploy_mod.undeploy(name)

@@ -75,3 +75,22 @@ def test_keys():
     assert name_key(1, "*.bad.example") == b"\x01elpmaxe.dab."
     assert name_key(3, "bad.example") == b"\x03elpmaxe.dab\0"
     assert path_key("/admin") == b"\x04/admin"
+
+
+def test_a_clashing_id_says_where_each_comes_from():
+    with pytest.raises(ValidationError, match=r"1001 is used twice: by signatures\[0\] and apps\[1\] "
+                                              r"\(by default 1000 \+ its position\)"):
+        DpiParams(signatures=[{"id": 1001, "content": "x", "action": "drop"}],
+                  apps=[{"app": "http", "action": "drop"}, {"app": "dns", "action": "drop"}])
+    with pytest.raises(ValidationError, match=r"7 is used twice: by rules_text, line 2 \(sid\) and apps\[0\] \[type"):
+        DpiParams(rules_text='\nalert udp any any -> any 9 (content:"y"; sid:7;)\n',
+                  apps=[{"app": "dns", "action": "drop", "id": 7}])
+
+
+def test_the_help_tells_the_rules_file_and_id_semantics():
+    from click.testing import CliRunner
+    from vnfchain.cli import cli, commands  # noqa: F401
+    text = " ".join(CliRunner().invoke(cli, ["functions", "dpi"]).output.split())
+    assert "the first signature in the list that matches decides (Suricata orders by action" in text
+    assert "one unsupported rule rejects the whole file" in text
+    assert "default to 1000 + the rule's position in ``apps``: inserting a rule renumbers the counters" in text

@@ -92,3 +92,15 @@ def test_a_missing_rules_file(tmp_path):
     path.write_text("name: rules\nfunctions:\n  dpi:\n    type: dpi\n    rules_file: nope.rules\n")
     with pytest.raises(SpecError, match="nope.rules: No such file or directory; check the path"):
         Chain.from_yaml(path)
+
+
+def test_the_rules_are_read_once_and_kept_with_the_parameters(tmp_path):
+    from vnfchain.chain.model import spec_from_dict, spec_to_dict
+    path = chain(tmp_path, RULES)
+    spec = Chain.from_yaml(path).spec
+    (tmp_path / "web.rules").write_text('alert tcp any any -> any 80 (content:"x"; sid:5;)\n')
+    edited = Chain.from_yaml(path).spec
+    assert spec.function("dpi").params != edited.function("dpi").params
+    (tmp_path / "web.rules").unlink()
+    again = spec_from_dict(spec_to_dict(spec))         # as a later process reads the record
+    assert [s.id for s in again.function("dpi").params.all_signatures] == [100, 101, 102, 103]

@@ -1,7 +1,9 @@
 """Chain commands: functions, validate, render, graph, deploy, ls, status, stats, events, undeploy."""
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -323,8 +325,14 @@ def events(name, as_json, count, timeout):
         try:
             for event in reader.events(timeout=timeout, count=count):
                 click.echo(json.dumps(event) if as_json else format_event(event))
+                sys.stdout.flush()
         except KeyboardInterrupt:
             pass
+        except BrokenPipeError:     # the reader went away (`--json | head`): a quiet end
+            with contextlib.suppress(OSError):
+                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        except OSError as exc:
+            raise VnfchainError(f"reading the events of chain '{name}' failed: {exc.strerror or exc}") from None
 
 
 _MAIN = ("rx_packets", "rx_bytes", "continue", "branch", "drop", "pass", "tx", "redirect",

@@ -25,6 +25,9 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 NAME_MAX = 64          # name bytes the kernel compares (the *last* 64 of longer names)
 HTTP_SCAN = 512        # request bytes searched for the Host header
+HTTP_BLANKS = 16       # blanks skipped before the Host value (more: no Host seen)
+HOST_MAX = 256         # bytes searched for the end of the Host value
+DNS_MAX_LABELS = 128   # labels read of a query name: a 255-byte name and its terminator
 MAX_RULES = 64
 ID_BASE = 1000         # an app rule without id gets ID_BASE + its position
 KINDS = {"http": 1, "tls": 2, "dns": 3}
@@ -172,3 +175,63 @@ def first_app_rule(rules: list[AppRule], request: Request) -> int | None:
             continue
         return i
     return None
+
+
+def http_request(payload: bytes) -> Request | None:
+    """What the kernel reads of an HTTP request starting a TCP payload
+    (vc_l7_http_token, _path, _host): None if it is not one."""
+    space = payload.find(b" ", 0, 8)
+    if len(payload) < 8 or space < 1 or not all(0x41 <= c <= 0x5A for c in payload[:space]):
+        return None
+    method = payload[:space].decode()
+    if method not in METHODS:
+        return None
+    start = space + 1
+    end = min(len(payload), start + NAME_MAX)
+    stop = payload.find(b" ", start, end)
+    path_end = end if stop < 0 else stop
+    path = payload[start:path_end].decode("latin-1") or None
+    return Request("http", http_host(payload[path_end:]), method, path)
+
+
+def http_host(head: bytes) -> str | None:
+    """The Host value in the request after its path: the first header line
+    ``host:`` (any case) within HTTP_SCAN bytes and before an empty line (lines
+    ending in \r\n or a bare \n), after up to HTTP_BLANKS blanks, up to an
+    optional :port, a blank, \r or \n; None if there is none or it runs past
+    the packet."""
+    lower = head.lower()
+    at = lower.find(b"\nhost:", 0, HTTP_SCAN)
+    ends = [e for e in (lower.find(b"\n\n"), lower.find(b"\n\r\n")) if e >= 0]
+    if at < 0 or (ends and min(ends) < at):
+        return None
+    start = at + len(b"\nhost:")
+    for _ in range(HTTP_BLANKS):
+        if head[start:start + 1] not in (b" ", b"\t"):
+            break
+        start += 1
+    for n, c in enumerate(head[start:start + HOST_MAX]):
+        if c in b"\r\n: \t":
+            return head[start:start + n].decode("latin-1") or None
+    return None
+
+
+def dns_query(payload: bytes) -> Request | None:
+    """What the kernel reads of a DNS query (a UDP/53 payload,
+    vc_l7_dns_qname): None if it is not one. A name cut short by the packet or
+    compressed is no name (only rules without a name match); one of more than
+    DNS_MAX_LABELS labels (not legal) is the labels read, compared on its end."""
+    if len(payload) < 12 or payload[2] & 0x80 or payload[4:6] == b"\0\0":
+        return None
+    labels, at = [], 12
+    for _ in range(DNS_MAX_LABELS):
+        if at >= len(payload) or payload[at] & 0xC0:
+            return Request("dns")
+        n = payload[at]
+        if n == 0:
+            break
+        labels.append(payload[at + 1:at + 1 + n])
+        at += 1 + n
+    if at > len(payload):            # the last of DNS_MAX_LABELS labels runs past the packet
+        return Request("dns")
+    return Request("dns", b".".join(labels).decode("latin-1") or None)

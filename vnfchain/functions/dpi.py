@@ -16,6 +16,12 @@ destination port or any, options content, nocase, offset, depth, sid (msg, rev,
 classtype, reference, metadata, priority, fast_pattern, rawbytes are ignored).
 Any other option (pcre, flow, distance, http_*, ...) is an error naming the
 rule's line; nocase/offset/depth must be alike for all contents of a rule.
+Unlike Suricata: the first signature in the list that matches decides
+(Suricata orders by action: pass, then drop, then alert, whatever the order in
+the file), and one unsupported rule rejects the whole file, so public sets
+(ET Open: flow:, $HOME_NET, pcre, ...) do not load as they are: keep the rules
+for dpi in a file of their own. The file is read when the chain is (into
+rules_text): edit it and deploy again to change the running rules.
 
 max_scan (default 256, at most 1500): payload bytes scanned per packet.
 
@@ -41,12 +47,22 @@ domain itself); a rule without a name matches the whole application, e.g.
 ``{app: tls, action: label, label: tls}`` TLS another. App rules see what the
 signatures let continue; the first matching rule decides. ``action: alert``
 (signatures too) also sends an event with the rule id, the 5-tuple and the
-name: ``vnfchain events CHAIN`` prints them.
+name: ``vnfchain events CHAIN`` prints them. App rule ids (``id``, counted as
+app<ID>_hits) default to 1000 + the rule's position in ``apps``: inserting a
+rule renumbers the counters of those after it, and a signature id (sid) of
+1000 or more can clash with a default (an error saying where each comes from)
+— give ids to the rules whose counters you follow.
 
 Limits of app rules: up to 64; the request line and Host must be in the
 first packet of the connection, Host within its first 512 bytes and before
-the end of the headers; the SNI in the first packet of the ClientHello; one
-DNS question, UDP only, no TCP/53. Names are compared on their last 64 bytes
+the end of the headers (lines may end in \r\n or a bare \n), its value after
+at most 16 blanks (more: the Host is not seen); a ClientHello is TLS when its TLS record starts the packet's payload (one
+without server_name, e.g. to an IP address, matches rules without sni only),
+and its SNI is seen only in that first record and TCP segment: a ClientHello
+split across TLS records or TCP segments has its SNI missed, and the segments
+after its first are not identified as TLS at all; one
+DNS question, UDP only, no TCP/53 (a query whose name is cut short by the
+packet or compressed is still DNS, matched by rules without a qname only). Names are compared on their last 64 bytes
 (a longer name matches wildcards of up to 64 bytes, never an exact name);
 paths on their first 64 bytes, raw (no %-decoding).
 
@@ -144,40 +160,55 @@ class DpiParams(Params):
                                    description="ordered app rules (HTTP, TLS SNI, DNS), after the signatures")
     rules_file: str | None = Field(None, description="Suricata-style rules, read after signatures; a "
                                    "relative path is relative to the chain file")
+    rules_text: str | None = Field(None, description="the rules file's text: filled in from rules_file when the "
+                                   "chain is read (the deployed chain keeps the rules as deployed; edit the file "
+                                   "and deploy again to change them); given, the file is not read")
     max_scan: int = Field(256, ge=16, le=1500, description="payload bytes scanned per packet")
 
     @field_validator("rules_file")
     @classmethod
     def _rules_path(cls, v, info: ValidationInfo):
-        chain_file = (info.context or {}).get("chain_file")
-        if v is not None and chain_file and not os.path.isabs(v):
-            return os.path.join(os.path.dirname(os.path.abspath(chain_file)), v)
-        return v
+        return _rules_path(v, info)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _read_rules_file(cls, data, info: ValidationInfo):
+        """The rules file is read once, here: later processes (stats, events,
+        a redeploy comparing parameters) see the rules as deployed."""
+        if isinstance(data, dict) and isinstance(data.get("rules_file"), str) and data.get("rules_text") is None:
+            path = _rules_path(data["rules_file"], info)
+            try:
+                with open(path) as f:
+                    data = {**data, "rules_text": f.read()}
+            except OSError as exc:
+                raise ValueError(f"rules_file {path}: {exc.strerror}; check the path "
+                                 "(a relative one is relative to the chain file)") from None
+        return data
 
     @cached_property
     def all_signatures(self) -> tuple[Signature, ...]:
-        """signatures, then the rules of rules_file, in order."""
-        if self.rules_file is None:
-            return tuple(self.signatures)
+        """signatures, then the rules of rules_file (as read into rules_text), in order."""
+        return tuple(sig for _, sig in self.signature_sources)
+
+    @cached_property
+    def signature_sources(self) -> tuple[tuple[str, Signature], ...]:
+        """(where it was given, signature) for all_signatures."""
+        out = [(f"signatures[{i}]", s) for i, s in enumerate(self.signatures)]
+        if self.rules_text is None:
+            return tuple(out)
+        source = f"rules_file {self.rules_file}" if self.rules_file else "rules_text"
         try:
-            with open(self.rules_file) as f:
-                text = f.read()
-        except OSError as exc:
-            raise ValueError(f"rules_file {self.rules_file}: {exc.strerror}; check the path "
-                             "(a relative one is relative to the chain file)") from None
-        out = list(self.signatures)
-        try:
-            found = rules(text)
+            found = rules(self.rules_text)
         except RuleError as exc:
-            raise ValueError(f"rules_file {self.rules_file}, {exc}") from None
+            raise ValueError(f"{source}, {exc}") from None
         for line, sig in found:
             try:
-                out.append(Signature.model_validate(sig))
+                out.append((f"{source}, line {line}", Signature.model_validate(sig)))
             except ValidationError as exc:
                 err = exc.errors()[0]
                 field = {"id": "sid"}.get(str(err["loc"][0]), err["loc"][0]) if err["loc"] else "rule"
                 msg = err["msg"].removeprefix("Value error, ")
-                raise ValueError(f"rules_file {self.rules_file}, line {line}: {field}: {msg}") from None
+                raise ValueError(f"{source}, line {line}: {field}: {msg}") from None
         return tuple(out)
 
     @model_validator(mode="after")
@@ -185,10 +216,16 @@ class DpiParams(Params):
         if not self.all_signatures and not self.apps:
             raise ValueError("no signatures or app rules: give signatures: [...], a rules_file with rules, "
                              "or apps: [...]")
-        ids = [s.id for s in self.all_signatures] + l7.rule_ids(self.apps)
+        sources = [(s.id, f"{where}" + (" (sid)" if where.startswith("rules") else ""))
+                   for where, s in self.signature_sources]
+        sources += [(n, f"apps[{i}]" + ("" if r.id else f" (by default {l7.ID_BASE} + its position)"))
+                    for i, (r, n) in enumerate(zip(self.apps, l7.rule_ids(self.apps)))]
+        ids = [n for n, _ in sources]
         if len(set(ids)) != len(ids):
             dup = next(i for i, n in Counter(ids).items() if n > 1)
-            raise ValueError(f"signature and app rule ids must be unique (sid in rules); {dup} is used twice")
+            where = " and ".join(w for n, w in sources if n == dup)
+            raise ValueError(f"signature and app rule ids must be unique (sid in rules); {dup} is used twice: "
+                             f"by {where}")
         dfa = _automaton_of(self.all_signatures)
         size = dfa.states * dfa.classes * 4
         if size > MAX_TABLE_BYTES:
@@ -196,6 +233,13 @@ class DpiParams(Params):
                              f"classes = {size >> 20} MiB, over the {MAX_TABLE_BYTES >> 20} MiB limit of the DPI "
                              "table; use fewer or shorter contents, or split the signatures over two dpi functions")
         return self
+
+
+def _rules_path(v, info: ValidationInfo):
+    chain_file = (info.context or {}).get("chain_file")
+    if v is not None and chain_file and not os.path.isabs(v):
+        return os.path.join(os.path.dirname(os.path.abspath(chain_file)), v)
+    return v
 
 
 @dataclass(frozen=True)

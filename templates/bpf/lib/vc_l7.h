@@ -8,7 +8,8 @@
 #define VC_L7_H
 
 #define VC_L7_TLS_MAX_EXTENSIONS 32
-#define VC_L7_DNS_MAX_LABELS 64
+#define VC_L7_HTTP_BLANKS 16        /* blanks skipped before the Host value */
+#define VC_L7_DNS_MAX_LABELS 128    /* a 255-byte name and its terminator */
 #define VC_L7_NAME_TRUNCATED 0xff   /* terminator of a name longer than the buffer */
 
 /* where a name lies in the packet */
@@ -107,9 +108,11 @@ static __always_inline struct vc_l7_span vc_l7_http_path(struct xdp_md *ctx, __u
 	return span;
 }
 
-/* the Host header's value within VC_L7_HTTP_SCAN bytes from off, up to an
- * optional :port; len 0 if there is none before the end of the headers or of
- * the packet; slot: see vc_l7_forget */
+/* the Host header's value within VC_L7_HTTP_SCAN bytes from off, after up to
+ * VC_L7_HTTP_BLANKS blanks, up to an optional :port or a blank, \r or \n; len 0
+ * if there is none before the end of the headers (an empty line, whether its
+ * lines end in \r\n or a bare \n) or of the packet. vnfchain/dpi/l7.py
+ * http_host is the same in Python. slot: see vc_l7_forget */
 static __always_inline struct vc_l7_span vc_l7_http_host(struct xdp_md *ctx, __u32 off,
 							 struct vc_l7_span *slot)
 {
@@ -123,7 +126,8 @@ static __always_inline struct vc_l7_span vc_l7_http_host(struct xdp_md *ctx, __u
 		if (c < 0)
 			return span;
 		window = window << 8 | vc_l7_lower(c);
-		if ((window & 0xffffffffULL) == 0x0d0a0d0aULL)       /* "\r\n\r\n": end of headers */
+		if ((window & 0xffffULL) == 0x0a0aULL ||             /* "\n\n" or "\n\r\n": end of headers */
+		    (window & 0xffffffULL) == 0x0a0d0aULL)
 			return span;
 		if ((window & 0xffffffffffffULL) == 0x0a686f73743aULL) { /* "\nhost:" */
 			start = off + (__u32)i + 1;
@@ -133,19 +137,23 @@ static __always_inline struct vc_l7_span vc_l7_http_host(struct xdp_md *ctx, __u
 	if (!start)
 		return span;
 	span.off = start;
-	start = vc_l7_forget(span, slot).off;   /* once after the search, once after the spaces */
-#pragma unroll
-	for (int i = 0; i < 4; i++)     /* optional white space */
-		if (vc_l7_byte(ctx, start) == ' ' || vc_l7_byte(ctx, start) == '\t')
-			start++;
-	span.off = start;
-	start = vc_l7_forget(span, slot).off;
+	start = vc_l7_forget(span, slot).off;   /* once after the search, once after the blanks */
+	/* optional white space: the value's start goes to map memory, not a
+	 * register, so that every way out of the loop is one state */
+	for (__u64 i = 0; i < VC_L7_HTTP_BLANKS; i++) {
+		int c = vc_l7_byte(ctx, start + (__u32)i);
+
+		if (c != ' ' && c != '\t')
+			break;
+		slot->off = start + (__u32)i + 1;
+	}
+	start = *(volatile __u32 *)&slot->off;
 	for (__u64 i = 0; i < 256; i++) {
 		int c = vc_l7_byte(ctx, start + (__u32)i);
 
 		if (c < 0)
 			return span;        /* the line goes on in a later packet */
-		if (c == '\r' || c == ':' || c == ' ' || c == '\t') {
+		if (c == '\r' || c == '\n' || c == ':' || c == ' ' || c == '\t') {
 			span.off = start;
 			span.len = i;
 			return span;
@@ -155,15 +163,18 @@ static __always_inline struct vc_l7_span vc_l7_http_host(struct xdp_md *ctx, __u
 }
 
 /* the server_name of a TLS ClientHello starting at off (a handshake record);
- * len 0 if it is none or has no SNI in this packet */
-static __always_inline struct vc_l7_span vc_l7_tls_sni(struct xdp_md *ctx, __u32 off)
+ * *hello is whether the packet starts a ClientHello at all; len 0 if it has
+ * no SNI in this packet (none, e.g. to an IP address, or further on) */
+static __always_inline struct vc_l7_span vc_l7_tls_sni(struct xdp_md *ctx, __u32 off, int *hello)
 {
 	struct vc_l7_span span = { 0, 0 };
 	__u8 *rec = vc_l7_at(ctx, off, 6);
 	__u32 p, end;
 
+	*hello = 0;
 	if (!rec || rec[0] != 0x16 || rec[1] != 0x03 || rec[5] != 0x01)
 		return span;            /* handshake record, TLS 1.x, ClientHello */
+	*hello = 1;
 	p = off + 5 + 4 + 2 + 32;   /* record and handshake headers, version, random */
 	p += 1 + vc_l7_byte(ctx, p) % 256;                  /* session id */
 	p += 2 + vc_l7_be16(ctx, p);                        /* cipher suites */
@@ -191,7 +202,10 @@ static __always_inline struct vc_l7_span vc_l7_tls_sni(struct xdp_md *ctx, __u32
 
 /* the first question's name of a DNS query at off (the UDP payload), as the
  * span of its wire bytes after the first length octet: "3www3bad7example0"
- * -> "www3bad7example", which vc_l7_dns_dots then punctuates */
+ * -> "www3bad7example", which vc_l7_dns_dots then punctuates. off 0: not a
+ * query. A name cut short by the packet or compressed is len 0 (only rules
+ * without a name match); one longer than VC_L7_DNS_MAX_LABELS labels (over
+ * 255 bytes: not legal) is the span read so far, compared on its end. */
 static __always_inline struct vc_l7_span vc_l7_dns_qname(struct xdp_md *ctx, __u32 off)
 {
 	struct vc_l7_span span = { 0, 0 };
@@ -200,20 +214,20 @@ static __always_inline struct vc_l7_span vc_l7_dns_qname(struct xdp_md *ctx, __u
 
 	if (!hdr || hdr[2] & 0x80 || (hdr[4] == 0 && hdr[5] == 0))
 		return span;            /* a response, or no question */
+	span.off = p + 1;
 	for (__u64 i = 0; i < VC_L7_DNS_MAX_LABELS; i++) {
 		int len = vc_l7_byte(ctx, p + total);
 
 		if (len < 0 || len & 0xc0)
 			return span;        /* cut short, or compressed (queries are not) */
 		if (len == 0) {
-			if (total) {
-				span.off = p + 1;
+			if (total)
 				span.len = total - 1;
-			}
 			return span;
 		}
 		total += len + 1;
 	}
+	span.len = total - 1;
 	return span;
 }
 
