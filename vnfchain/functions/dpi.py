@@ -55,16 +55,17 @@ rule renumbers the counters of those after it, and a signature id (sid) of
 
 Limits of app rules: up to 64; the request line and Host must be in the
 first packet of the connection, Host within its first 512 bytes and before
-the end of the headers (lines may end in \r\n or a bare \n), its value after
-at most 16 blanks (more: the Host is not seen); a ClientHello is TLS when its TLS record starts the packet's payload (one
-without server_name, e.g. to an IP address, matches rules without sni only),
-and its SNI is seen only in that first record and TCP segment: a ClientHello
-split across TLS records or TCP segments has its SNI missed, and the segments
-after its first are not identified as TLS at all; one
-DNS question, UDP only, no TCP/53 (a query whose name is cut short by the
-packet or compressed is still DNS, matched by rules without a qname only). Names are compared on their last 64 bytes
-(a longer name matches wildcards of up to 64 bytes, never an exact name);
-paths on their first 64 bytes, raw (no %-decoding).
+the end of the headers (lines may end in CR LF or a bare LF), its value after
+at most 16 blanks (more: the Host is not seen). A ClientHello is TLS when its
+TLS record starts the packet's payload (one without server_name, e.g. to an
+IP address, matches rules without sni only), and its SNI is seen only in that
+first record and TCP segment: a ClientHello split across TLS records or TCP
+segments has its SNI missed, and the segments after its first are not
+identified as TLS at all. DNS: one question, UDP only, no TCP/53 (a query
+whose name is cut short by the packet or compressed is still DNS, matched by
+rules without a qname only). Names are compared on their last 64 bytes (a
+longer name matches wildcards of up to 64 bytes, never an exact name); paths
+on their first 64 bytes, raw (no %-decoding).
 
 Limits — what this does not see:
 - one packet at a time: no TCP stream reassembly and no IP defragmentation, so a
