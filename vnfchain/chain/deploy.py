@@ -33,6 +33,7 @@ import re
 import shutil
 import time
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any, Callable
 
@@ -646,8 +647,10 @@ class Deployment:
     def gen_dir(self) -> Path:
         return Path(self.record["gen_dir"])
 
-    @property
+    @cached_property
     def spec(self) -> ChainSpec:
+        """The running chain's spec (validated once per Deployment: a dpi with
+        thousands of signatures takes a while to validate)."""
         return spec_from_dict(self.record["spec"], Locator(str(record_path(self.name)), {}))
 
     @classmethod
