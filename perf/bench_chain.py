@@ -11,11 +11,9 @@ nanoseconds. Writes perf/results/chain-length.md and .json.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
-import time
 from pathlib import Path
 
 from scapy.layers.inet import IP, UDP
@@ -23,11 +21,11 @@ from scapy.layers.l2 import Ether
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from vnfchain import Chain  # noqa: E402
+from results_io import save, stamp  # noqa: E402  (beside this script)
 from vnfchain.testrun import run_xdp  # noqa: E402
 
 LENGTHS = (1, 2, 4, 8, 16, 32)
 PACKET = bytes(Ether(src="02:00:00:00:00:01", dst="02:00:00:00:00:02") / IP(src="198.18.1.2", dst="198.18.2.2") / UDP(sport=1024, dport=9) / (b"x" * 18))
-RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def chain_yaml(name: str, length: int, mode: str) -> str:
@@ -83,11 +81,9 @@ def report(samples: dict, args) -> None:
                      "tailcall_over_fused": tail / fused})
     slope = {mode: (median[(mode, LENGTHS[-1])] - median[(mode, LENGTHS[0])]) / (LENGTHS[-1] - LENGTHS[0])
              for mode in ("tailcall", "fused")}
-    data = {"when": time.strftime("%Y-%m-%d %H:%M:%S"), "kernel": os.uname().release,
-            "repeat": args.repeat, "rounds": args.rounds, "empty_ns": base,
-            "ns_per_function": slope, "rows": rows}
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "chain-length.json").write_text(json.dumps(data, indent=2) + "\n")
+    data = stamp(
+                 repeat=args.repeat, rounds=args.rounds, empty_ns=base,
+                 ns_per_function=slope, rows=rows)
     lines = [
         "# Chain overhead by length (BPF_PROG_TEST_RUN)",
         "",
@@ -106,8 +102,7 @@ def report(samples: dict, args) -> None:
         lines.append(f"| {r['functions']} | {r['tailcall_ns']:.0f} | {r['fused_ns']:.0f} | "
                      f"{r['tailcall_over_empty']:.2f} | {r['fused_over_empty']:.2f} | "
                      f"{r['tailcall_over_fused']:.2f} |")
-    (RESULTS / "chain-length.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    save("chain-length", data, lines)
 
 
 if __name__ == "__main__":

@@ -14,12 +14,10 @@ perf/results/dpi-per-byte.md (and .json).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import random
 import statistics
 import sys
-import time
 from pathlib import Path
 
 from scapy.layers.inet import IP, UDP
@@ -27,13 +25,13 @@ from scapy.layers.l2 import Ether
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from vnfchain import Chain  # noqa: E402
+from results_io import save, stamp  # noqa: E402  (beside this script)
 from vnfchain.dpi import synthetic  # noqa: E402
 from vnfchain.functions import dpi  # noqa: E402
 from vnfchain.testrun import run_xdp  # noqa: E402
 
 SIZES = (0, 64, 256, 512, 1024)
 MAX_SCAN = 1024
-RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def binary_signatures() -> list[dict]:
@@ -94,12 +92,10 @@ def main() -> None:
     median = {key: statistics.median(v) for key, v in samples.items()}
     per_byte = {col: (median[(*col, SIZES[-1])] - median[(*col, SIZES[1])]) / (SIZES[-1] - SIZES[1])
                 for col in columns}
-    data = {"when": time.strftime("%Y-%m-%d %H:%M:%S"), "kernel": os.uname().release, "repeat": args.repeat,
-            "rounds": args.rounds, "max_scan": MAX_SCAN, "tables": sizes_of,
-            "ns_per_packet": {f"{label} / {kind} / {n}": v for (label, kind, n), v in median.items()},
-            "ns_per_byte": {f"{label} / {kind}": v for (label, kind), v in per_byte.items()}}
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "dpi-per-byte.json").write_text(json.dumps(data, indent=2) + "\n")
+    data = stamp(repeat=args.repeat,
+                 rounds=args.rounds, max_scan=MAX_SCAN, tables=sizes_of,
+                 ns_per_packet={f"{label} / {kind} / {n}": v for (label, kind, n), v in median.items()},
+                 ns_per_byte={f"{label} / {kind}": v for (label, kind), v in per_byte.items()})
     head = " | ".join(f"{label} sigs, {kind} payload" for label, kind in columns)
     lines = [f"# DPI cost per scanned byte (BPF_PROG_TEST_RUN, max_scan {MAX_SCAN})", "",
              f"{data['when']}, kernel {data['kernel']}, {args.repeat} repetitions x {args.rounds} "
@@ -110,8 +106,7 @@ def main() -> None:
              + ", ".join(f"{label}/{kind} **{v:.2f} ns**" for (label, kind), v in per_byte.items()) + ".", "",
              f"| payload bytes | {head} |", "|---:|" + "---:|" * len(columns)]
     lines += [f"| {n} | " + " | ".join(f"{median[(*col, n)]:.0f}" for col in columns) + " |" for n in SIZES]
-    (RESULTS / "dpi-per-byte.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    save("dpi-per-byte", data, lines)
 
 
 if __name__ == "__main__":

@@ -13,7 +13,6 @@ the ratios to the 10-rule firewall. Writes perf/results/firewall-scaling.md.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import random
 import statistics
@@ -26,10 +25,10 @@ from scapy.layers.l2 import Ether
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from vnfchain import Chain  # noqa: E402
+from results_io import save, stamp  # noqa: E402  (beside this script)
 from vnfchain.testrun import run_xdp  # noqa: E402
 
 SIZES = (10, 100, 1000, 10000)
-RESULTS = Path(__file__).resolve().parent / "results"
 LAST = bytes(Ether(src="02:00:00:00:00:01", dst="02:00:00:00:00:02") / IP(src="198.19.200.1", dst="198.19.201.1") / TCP(sport=4242, dport=4242, flags="S"))
 MISS = bytes(Ether(src="02:00:00:00:00:01", dst="02:00:00:00:00:02") / IP(src="198.19.250.1", dst="198.19.251.1") / TCP(sport=4343, dport=4343, flags="S"))
 
@@ -85,10 +84,8 @@ def report(median: dict, args) -> None:
     base = {probe: median[(SIZES[0], probe)] for probe in ("last", "miss")}
     rows = [{"rules": n, **{f"{p}_ns": median[(n, p)] for p in ("last", "miss")},
              **{f"{p}_ratio": median[(n, p)] / base[p] for p in ("last", "miss")}} for n in SIZES]
-    data = {"when": time.strftime("%Y-%m-%d %H:%M:%S"), "kernel": os.uname().release,
-            "repeat": args.repeat, "rounds": args.rounds, "rows": rows}
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "firewall-scaling.json").write_text(json.dumps(data, indent=2) + "\n")
+    data = stamp(
+                 repeat=args.repeat, rounds=args.rounds, rows=rows)
     lines = [
         "# Firewall scaling (BPF_PROG_TEST_RUN, tail-call chain of one firewall)",
         "",
@@ -103,8 +100,7 @@ def report(median: dict, args) -> None:
     for r in rows:
         lines.append(f"| {r['rules']} | {r['last_ns']:.0f} | {r['miss_ns']:.0f} | "
                      f"{r['last_ratio']:.2f} | {r['miss_ratio']:.2f} |")
-    (RESULTS / "firewall-scaling.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    save("firewall-scaling", data, lines)
 
 
 if __name__ == "__main__":

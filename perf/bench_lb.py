@@ -18,12 +18,10 @@ not to a VIP. Writes perf/results/lb.md and lb.json.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import random
 import statistics
 import sys
-import time
 from pathlib import Path
 
 import yaml
@@ -32,10 +30,10 @@ from scapy.layers.l2 import Ether
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from vnfchain import Chain  # noqa: E402
+from results_io import save, stamp  # noqa: E402  (beside this script)
 from vnfchain.lb import maglev  # noqa: E402
 from vnfchain.testrun import run_xdp  # noqa: E402
 
-RESULTS = Path(__file__).resolve().parent / "results"
 SIZES = (3, 5, 10, 20, 50)
 VIP = "198.18.0.100"
 
@@ -138,10 +136,8 @@ def main() -> None:
 
 
 def report(rows, cost, args) -> None:
-    data = {"when": time.strftime("%Y-%m-%d %H:%M:%S"), "kernel": os.uname().release, "flows": args.flows,
-            "repeat": args.repeat, "rounds": args.rounds, "maglev": rows, "cost_ns": cost}
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "lb.json").write_text(json.dumps(data, indent=2) + "\n")
+    data = stamp(flows=args.flows,
+                 repeat=args.repeat, rounds=args.rounds, maglev=rows, cost_ns=cost)
     lines = [
         "# Load balancer: Maglev disruption, spread, cost",
         "",
@@ -188,8 +184,7 @@ def report(rows, cost, args) -> None:
     ]
     for k, v in cost.items():
         lines.append(f"| {k} | {v:.0f} | {v / cost['counter']:.2f} |")
-    (RESULTS / "lb.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    save("lb", data, lines)
 
 
 if __name__ == "__main__":
