@@ -165,6 +165,10 @@ class DpiParams(Params):
                                    "chain is read (the deployed chain keeps the rules as deployed; edit the file "
                                    "and deploy again to change them); given, the file is not read")
     max_scan: int = Field(256, ge=16, le=1500, description="payload bytes scanned per packet")
+    unparsed: Literal["continue", "drop"] = Field(
+        "continue", description="what frames the parser cannot classify get (too many VLAN tags or "
+                                "IPv6 extension headers, lying lengths, cut headers, fragments other "
+                                "than the first): they are never scanned")
 
     @field_validator("rules_file")
     @classmethod
@@ -340,7 +344,8 @@ class Dpi(FunctionType):
 
     def template_vars(self, params, ctx):
         dfa, _ = _compiled(params)
-        return {"max_scan": params.max_scan, "sigs": headroom(len(params.all_signatures), 16),
+        return {"max_scan": params.max_scan,
+                "unparsed": "vc_drop_unparsed(meta)" if params.unparsed == "drop" else "VC_CONTINUE", "sigs": headroom(len(params.all_signatures), 16),
                 "table": _table_size(dfa), "heads": _heads(dfa), "matches": _matches(dfa),
                 "events": headroom(params.max_scan, 16) // 2, "work": WORK,
                 **l7_maps.template_vars(params.apps)}
