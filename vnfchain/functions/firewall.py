@@ -11,6 +11,14 @@ A rule change is a map update: the new ruleset is written beside the running
 one and switched in with one word, so no packet sees half of each.
 Connection tracking here is the firewall's own table; the NAT keeps its own
 translations (a NAT before or after the firewall sees other tuples).
+
+Frames the parser cannot classify as the kernel would (too many VLAN tags or
+IPv6 extension headers, lying lengths, cut transport headers, tiny first
+fragments, TCP fragments at offset 8) get ``unparsed`` -- by default the
+``default``, so a default-drop firewall drops them, counted as
+``drop_unparsed_<reason>``. A later fragment gets the verdict of its datagram's
+first fragment (remembered 30 s, 4,096 datagrams), or, if that was never seen,
+``unparsed`` too.
 """
 from __future__ import annotations
 
