@@ -12,7 +12,8 @@ never through a symbolic link (O_NOFOLLOW) and never over a file that is already
 there (O_EXCL, after removing it): in a directory someone else could once write
 to, a planted link or hard link must not make vnfchain write elsewhere. A
 directory of ours with looser permissions (an older vnfchain made them 0755) is
-tightened, with the files in it; one that is not ours, or a link, is refused.
+tightened, and the files in it replaced by private copies; one that is not
+ours, or a link, is refused.
 
 Errors about a file are OSErrors whose ``strerror`` says what is wrong, for the
 caller to put in its own message; errors about the directory are
@@ -82,9 +83,11 @@ def _foreign_dir(path: Path, uid: int) -> str:
 
 
 def _tighten_files(path: Path) -> None:
+    """Replace each file of ours by a private copy: a chmod would leave whoever opened
+    one while it was open to all (the lock, to block every deploy) holding it."""
     for entry in os.scandir(path):
         if entry.is_file(follow_symlinks=False) and entry.stat(follow_symlinks=False).st_uid == os.geteuid():
-            os.chmod(entry.path, 0o600)
+            write_private(Path(entry.path), Path(entry.path).read_bytes())
 
 
 def open_private(path: Path, flags: int) -> int:
