@@ -261,7 +261,7 @@ def test_a_chain_whose_pins_were_removed_is_broken(own_state):
     (dep.gen_dir / "fn_b").unlink()
     assert deploy_mod.Deployment.get(name).condition() == "broken"
     status = cli_run("status", name)
-    assert f"1 pin(s) missing: {dep.gen_dir / 'fn_b'}" in status.output, status.output
+    assert f"pin missing: {dep.gen_dir / 'fn_b'}" in status.output, status.output
     assert cli_run("undeploy", name).exit_code == 0
     assert not dep.pin_dir.exists() and not record_path(name).exists()
 
@@ -306,3 +306,49 @@ def test_an_unreadable_record_is_listed_and_undeploy_removes_what_it_can(own_sta
         assert f"undeployed chain {name}" in undeployed.output and "was unreadable" in undeployed.output
         assert nothing_left(name, ns, index) == []        # a0 found without the record, and detached
     assert Path("/etc/hostname").read_bytes() == hostname
+
+
+def test_a_deploy_at_work_is_deploying_not_broken(own_state):
+    """While some vnfchain holds the lock, an unfinished record is its work in progress."""
+    import threading
+    from vnfchain.chain.record import locked
+    name = chain_name("busy")
+    write_record({"name": name, "state": "deploying", "pid": os.getpid(), "attachments": [],
+                  "pin_dir": str(deploy_mod.pin_root() / name)})
+    holding, release = threading.Event(), threading.Event()
+
+    def deploying():
+        with locked(name):
+            holding.set()
+            release.wait(10)
+    worker = threading.Thread(target=deploying)
+    worker.start()
+    try:
+        assert holding.wait(10)
+        assert deploy_mod.Deployment.get(name).condition() == "deploying"
+    finally:
+        release.set()
+        worker.join(10)
+    assert deploy_mod.Deployment.get(name).condition() == "broken"
+    assert cli_run("undeploy", name).exit_code == 0 and not record_path(name).exists()
+
+
+def test_pins_without_a_record_are_listed_and_removed(own_state):
+    name = chain_name("orphan")
+    (deploy_mod.pin_root() / name / "g1").mkdir(parents=True)
+    (row,) = json.loads(cli_run("ls", "--json").output)
+    assert (row["name"], row["state"]) == (name, "broken")
+    assert row["problems"][0] == f"no record, only pins under {deploy_mod.pin_root() / name}"
+    assert cli_run("undeploy", "--all").exit_code == 0
+    assert not (deploy_mod.pin_root() / name).exists()
+
+
+def test_stats_and_trace_of_a_chain_missing_pins_say_so(own_state):
+    name = chain_name("nostate")
+    dep = Chain.from_yaml_text(f"name: {name}\nfunctions: {{c: {{type: counter}}}}\n").deploy(attach=[])
+    (dep.gen_dir / "state").unlink()
+    for command in (["stats", name], ["trace", name, "--packet", "Ether()/IP()/TCP()"]):
+        result = cli_run(*command)
+        assert result.exit_code == 1
+        assert result.output.startswith(f"error: chain '{name}' is broken: 1 of its pins are gone "
+                                        f"({dep.gen_dir / 'state'}, ...)"), result.output

@@ -4,7 +4,7 @@ A deployed chain lives in the kernel, not in this process:
 
     /sys/fs/bpf/vnfchain/<chain>/g<N>/  entry, fn_<name>, progs, state (metadata + counters)
     /sys/fs/bpf/vnfchain/<chain>/maps/  <fn>_<map>-<fingerprint> (function state)
-    /run/vnfchain/<chain>.json          what deploy made: attachments, pins, spec
+    /run/vnfchain/<chain>.json          what deploy made: attachments, pins, spec (record.py)
 
 The record is written before anything is made, so ``undeploy`` can finish a
 deploy that crashed half-way. A failed deploy rolls back everything it made and
@@ -640,7 +640,14 @@ class Deployment:
 
     def entry_fd(self) -> int:
         """An fd of the entry program (the caller closes it)."""
+        self._require_pins()
         return bpfsys.obj_get(str(self.gen_dir / "entry"))
+
+    def _require_pins(self) -> None:
+        missing = self.missing_pins()
+        if missing:
+            raise DeployError(f"chain '{self.name}' is broken: {len(missing)} of its pins are gone "
+                              f"({missing[0]}, ...); `vnfchain undeploy {self.name}` removes what is left")
 
     def run(self, packet, *, repeat: int = 1, ingress_ifindex: int | None = None,
             netns: str | None = None):
@@ -677,26 +684,30 @@ class Deployment:
         return [str(p) for p in wanted if not p.exists()]
 
     def health(self) -> list[str]:
-        """What is wrong with the chain, if anything, each with its fix."""
-        r, fix = self.record, f"`vnfchain undeploy {self.name}` removes what it made"
-        problems = []
+        """What is wrong with the chain, if anything; a broken one's last line is the fix."""
+        r = self.record
         if r["state"] == "no record":
-            return [f"no record, only pins under {self.pin_dir}; {fix}"]
-        if r["state"] != "running":
-            where = "before it recorded its programs" if "gen_dir" not in r else "after loading its programs"
-            problems.append(f"deploy stopped {where} (state {r['state']}, pid {r.get('pid')}); {fix}")
-        for a in r.get("pending", []):
-            problems.append(f"{a['interface']}@{a['netns'] or 'root'} was being attached when vnfchain "
-                            f"stopped; {fix}")
-        missing = self.missing_pins()
-        if missing:
-            problems.append(f"{len(missing)} pin(s) missing: {', '.join(missing)}; {fix}")
+            problems = [f"no record, only pins under {self.pin_dir}"]
+        else:
+            problems = self._unfinished() + [f"pin missing: {p}" for p in self.missing_pins()]
         for a in r["attachments"]:
             state = None
             with contextlib.suppress(Exception):
                 state = netlink.xdp_state(a["ifindex"], a["netns"])
             if not state or state[0] != r.get("entry_prog_id"):
                 problems.append(f"{a['interface']}@{a['netns'] or 'root'} no longer runs the chain")
+        if self.condition() == "broken":
+            problems.append(f"fix: `vnfchain undeploy {self.name}` removes what it made")
+        return problems
+
+    def _unfinished(self) -> list[str]:
+        r = self.record
+        problems = []
+        if r["state"] != "running":
+            where = "before it recorded its programs" if "gen_dir" not in r else "after loading its programs"
+            problems.append(f"deploy stopped {where} (state {r['state']}, pid {r.get('pid')})")
+        problems += [f"{a['interface']}@{a['netns'] or 'root'} was being attached when vnfchain stopped"
+                     for a in r.get("pending", [])]
         return problems
 
     def undeploy(self) -> list[str]:
@@ -709,6 +720,7 @@ class Deployment:
 
     def stats(self) -> dict[str, dict[str, Any]]:
         """Counters per function (and '(entry)'), summed over CPUs."""
+        self._require_pins()
         names = self.record["counters"]
         nrows = len(self.record["functions"]) + 1
         totals = [[0] * len(names) for _ in range(nrows)]

@@ -372,7 +372,9 @@ def _stats_table(name, stats, rates, all_counters) -> Table:
 @click.argument("name", required=False)
 @click.option("--all", "all_", is_flag=True, help="Undeploy every deployed chain.")
 def undeploy(name, all_):
-    """Detach a chain and remove its pins and record (idempotent)."""
+    """Detach a chain and remove its pins and record (idempotent); also a broken
+    chain, or one whose record is unreadable (its programs are then looked for on
+    every interface)."""
     if not name and not all_:
         raise click.UsageError("name a chain, or pass --all")
     names = [d.name for d in listing()] if all_ else [name]
