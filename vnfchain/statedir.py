@@ -41,7 +41,7 @@ def private_dir(path: Path, *, create: bool = True) -> Path | None:
     """``path`` as a directory only we may enter: made 0700, or checked and tightened.
     Without ``create``, None when it does not exist."""
     if create:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        _as_environment_error(path, path.parent.mkdir, 0o755, True, True)   # /run is there already
         with contextlib.suppress(FileExistsError):
             _as_environment_error(path, os.mkdir, path, 0o700)
     try:

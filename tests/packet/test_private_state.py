@@ -171,7 +171,7 @@ def test_test_bed_records_are_private(run):
     record = Record.claim("t-priv", {"name": "t-priv"}, None)
     try:
         path = bed_record_path("t-priv")
-        assert (mode(path.parent), mode(path)) == (0o700, 0o600)
+        assert (mode(run), mode(path.parent), mode(path)) == (0o700, 0o700, 0o600)
         record.save()
         assert mode(path) == 0o600 and Record.read("t-priv").topology == {"name": "t-priv"}
         probe = as_nobody("/usr/bin/python3", "-c", PROBE, path)

@@ -22,7 +22,8 @@ from .model import BED_NAME
 
 
 def record_dir(*, create: bool = True) -> Path | None:
-    return statedir.private_dir(statedir.run_dir() / "testbeds", create=create)
+    run = statedir.private_dir(statedir.run_dir(), create=create)
+    return run and statedir.private_dir(run / "testbeds", create=create)
 
 
 def check_bed_name(name: str) -> None:
