@@ -326,7 +326,7 @@ ERRORS = [
      8, "functions.b.interface", ["function 'b' (forward)", "functions.b.interface"]),
     ("forward interface too long",
      BASE.replace("type: forward", "type: forward\n    interface: abcdefghijklmnop"),
-     8, "functions.b.interface", ["at most 15 characters"]),
+     8, "functions.b.interface", ["is 16 bytes long", "1-15 bytes (IFNAMSIZ)"]),
 ]
 
 CLASSIFY = """\

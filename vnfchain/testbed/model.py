@@ -21,9 +21,10 @@ sysctls and services, and optional smoke checks::
 
 Rules checked here, each reported with file:line and key (DESIGN.md section 4):
 every address, route destination and next hop lies in 198.18.0.0/15 (no
-default route, no IPv6); interface and bridge names fit IFNAMSIZ (15 chars),
-are unique per host and do not start with ``vct`` (reserved for the temporary
-names used while building); addresses are unique in the bed; links and checks
+default route, no IPv6); interface and bridge names are ones the kernel takes
+(``vnfchain.names``) made of letters, digits, '_', '.' and '-', are unique per
+host and do not start with ``vct`` (reserved for the temporary names used while
+building); addresses are unique in the bed; links and checks
 name hosts and bridges that exist; a route's next hop is on one of the host's
 own subnets; sysctls are ``net.*`` (the only per-namespace ones).
 """
@@ -39,12 +40,11 @@ from urllib.parse import urlsplit
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from ..errors import SpecError, TestbedSpecError
+from ..names import interface_error
 from ..yamlio import Locator, load, pydantic_to_spec_error
 
 #: the only addresses a test bed may use: RFC 2544's benchmarking range
 BENCH_NET = IPv4Network("198.18.0.0/15")
-#: Linux IFNAMSIZ minus the terminating NUL
-IFNAME_MAX = 15
 #: prefix of the temporary root-namespace names of veth ends while a bed is built
 TEMP_IF_PREFIX = "vct"
 #: network namespace of a host: ``vc-<bed>-<host>``
@@ -262,11 +262,12 @@ def _check(topo: Topology, loc: Locator) -> None:
     seen_addr: dict[IPv4Address, str] = {}
 
     def check_ifname(host: str, ifname: str, *path):
-        if len(ifname) > IFNAME_MAX:
-            fail(f"interface name '{ifname}' has {len(ifname)} characters; Linux allows at most "
-                 f"{IFNAME_MAX} (IFNAMSIZ); shorten it", *path)
+        kernel_says = interface_error(ifname)
+        if kernel_says:
+            fail(f"{kernel_says}: rename it", *path)
         if not IFNAME.fullmatch(ifname):
-            fail(f"interface name '{ifname}' may only use letters, digits, '_', '.', '-'", *path)
+            fail(f"interface name '{ifname}' may only use letters, digits, '_', '.', '-', and must "
+                 f"start with a letter or digit", *path)
         if ifname.startswith(TEMP_IF_PREFIX):
             fail(f"interface name '{ifname}' starts with '{TEMP_IF_PREFIX}', which is reserved for "
                  "vnfchain's temporary names; rename it", *path)
