@@ -17,7 +17,7 @@ ports, TCP flags or ICMP type). Packets mostly aim at a rule (every field it
 names satisfied), sometimes with one field knocked off, so that near misses and
 range edges are common; the rest are random.
 
-Addresses: IPv4 only from 198.18.0.0/15 (DESIGN.md section 4), never from
+Addresses: IPv4 only from 198.18.0.0/15 (RFC 2544 benchmarking range), never from
 ``RESERVED`` (the oracle bed's own links); IPv6 from 2001:db8::/32, which
 only rules and pure-Python tests use, never the wire.
 """

@@ -94,7 +94,7 @@ from typing import Literal
 
 from pydantic import Field, ValidationError, ValidationInfo, field_validator, model_validator
 
-from .. import bpfsys
+from .. import bpfsys, yamlio
 from ..dpi import l7, l7_maps
 from ..dpi.automaton import Automaton, build, parse_content
 from ..dpi.rules import RuleError, rules
@@ -183,11 +183,20 @@ class DpiParams(Params):
         if isinstance(data, dict) and isinstance(data.get("rules_file"), str) and data.get("rules_text") is None:
             path = _rules_path(data["rules_file"], info)
             try:
-                with open(path) as f:
-                    data = {**data, "rules_text": f.read()}
+                with open(path, "rb") as f:
+                    raw = f.read(yamlio.MAX_BYTES + 1)
             except OSError as exc:
                 raise ValueError(f"rules_file {path}: {exc.strerror}; check the path "
                                  "(a relative one is relative to the chain file)") from None
+            if len(raw) > yamlio.MAX_BYTES:
+                raise ValueError(f"rules_file {path} is larger than {yamlio.MAX_BYTES >> 20} MiB; "
+                                 "split it or trim it")
+            try:
+                data = {**data, "rules_text": raw.decode()}
+            except UnicodeDecodeError as exc:
+                line = raw[:exc.start].count(b"\n") + 1
+                raise ValueError(f"rules_file {path}: line {line} is not UTF-8 text "
+                                 f"(byte {raw[exc.start]:#04x}); save the file as UTF-8") from None
         return data
 
     @cached_property

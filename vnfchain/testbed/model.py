@@ -19,7 +19,7 @@ sysctls and services, and optional smoke checks::
     checks:
       - {from: client, ping: 198.18.2.2}
 
-Rules checked here, each reported with file:line and key (DESIGN.md section 4):
+Rules checked here, each reported with file:line and key (the test-network rule: RFC 2544 benchmarking addresses only):
 every address, route destination and next hop lies in 198.18.0.0/15 (no
 default route, no IPv6); interface and bridge names are ones the kernel takes
 (``vnfchain.names``) made of letters, digits, '_', '.' and '-', are unique per
@@ -279,7 +279,7 @@ def _check(topo: Topology, loc: Locator) -> None:
         for i, addr in enumerate(addrs):
             if addr.ip not in BENCH_NET:
                 fail(f"address {addr} is outside {BENCH_NET}; test beds use only RFC 2544's "
-                     "benchmarking range (DESIGN.md section 4)", *path, i)
+                     "benchmarking range, so test traffic never reaches a real network", *path, i)
             if not addr.network.subnet_of(BENCH_NET):
                 fail(f"address {addr}: subnet {addr.network} reaches outside {BENCH_NET}; "
                      "use a longer prefix (at least /15)", *path, i)
@@ -326,10 +326,10 @@ def _check(topo: Topology, loc: Locator) -> None:
                 fail("a default route is not allowed: test beds never route to the outside; "
                      f"route {BENCH_NET} or a part of it instead", *path, "dst")
             if not route.dst.subnet_of(BENCH_NET):
-                fail(f"route destination {route.dst} is outside {BENCH_NET} (DESIGN.md section 4)",
+                fail(f"route destination {route.dst} is outside {BENCH_NET} (RFC 2544 benchmarking range: test traffic never reaches a real network)",
                      *path, "dst")
             if route.via not in BENCH_NET:
-                fail(f"next hop {route.via} is outside {BENCH_NET} (DESIGN.md section 4)", *path, "via")
+                fail(f"next hop {route.via} is outside {BENCH_NET} (RFC 2544 benchmarking range: test traffic never reaches a real network)", *path, "via")
             if not any(route.via in net for net in subnets):
                 fail(f"next hop {route.via} is not on any subnet of host '{host}' "
                      f"({', '.join(map(str, subnets)) or 'it has no addresses'})", *path, "via")
@@ -352,4 +352,4 @@ def _check(topo: Topology, loc: Locator) -> None:
             fail("check target must be an IPv4 address (http: http://ADDR[:PORT]/..., "
                  "tcp-echo/udp-echo: ADDR:PORT)", "checks", c)
         if addr not in BENCH_NET:
-            fail(f"check target {addr} is outside {BENCH_NET} (DESIGN.md section 4)", "checks", c)
+            fail(f"check target {addr} is outside {BENCH_NET} (RFC 2544 benchmarking range: test traffic never reaches a real network)", "checks", c)
