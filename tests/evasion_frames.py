@@ -210,6 +210,9 @@ class Case:
         """The label and the fields that differ from a plain TCP SYN to port 80."""
         return f"{self.label}: {_brief(self, skip=('label', 'expect'))}"
 
+    def _repr_pretty_(self, printer, cycle) -> None:   # how hypothesis prints a falsifying batch
+        printer.text(self.describe())
+
     def frames(self, n: int) -> list[bytes]:
         src = source(n, self.blocked, self.family).packed
         dst = guard_address(self.device, self.family).packed
@@ -557,5 +560,5 @@ def cases(draw) -> Case:
     return case
 
 
-def batches(max_size: int = 40):
-    return st.lists(cases(), min_size=1, max_size=max_size)
+def batches(min_size: int = 10, max_size: int = 40):
+    return st.lists(cases(), min_size=min_size, max_size=max_size)
