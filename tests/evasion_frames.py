@@ -449,54 +449,67 @@ KNOWN_TRICKS: list[Case] = _known()
 
 
 # --- hypothesis strategies -------------------------------------------------------------
+#
+# A generated case is a well-formed datagram aimed at what some policy refuses
+# (tcp/22, udp/161, a dropped source) with one or two themes of lies on top;
+# lies on every layer at once would mostly make frames no stack accepts.
 
 TPIDS = st.sampled_from((TPID_Q, TPID_AD))
 VIDS = st.sampled_from((0, 0, 0, 10, 20, 30, 99, 4095))
-PORTS = st.sampled_from((22, 22, 80, 53, 161, 0, 443))
+TCP_PORTS = st.sampled_from((22, 22, 22, 80, 0, 443))
+UDP_PORTS = st.sampled_from((161, 161, 53, 0))
 TCP_FLAGS = st.sampled_from((SYN, ACK, SYN | ACK, 0, 0xFF, 0x29, 0x03, 0x04))
-OPTIONS = st.sampled_from((b"", b"", NOP4, NOP4 * 10, LSRR, SSRR, RECORD_ROUTE, TIMESTAMP, b"\x94\x04\x00\x00",
+OPTIONS = st.sampled_from((NOP4, NOP4 * 10, LSRR, SSRR, RECORD_ROUTE, TIMESTAMP, b"\x94\x04\x00\x00",
                            b"\x00" * 4, b"\xff\x00\x00\x00"))
+THEMES = ("vlan", "header", "fragments", "transport", "length")
 
 
 @st.composite
 def vlan_stacks(draw) -> tuple[tuple[tuple[int, int], ...], str]:
-    """0-6 tags: a guard device's own path with VID-0 tags around it, or any mix."""
+    """1-6 tags: a guard device's own path with VID-0 tags around it, or any mix."""
     device = draw(st.sampled_from(list(GUARD_DEVICES)))
     if draw(st.booleans()):
-        tags = GUARD_DEVICES[device][0] + tuple(draw(st.lists(st.tuples(TPIDS, st.just(0)), max_size=4)))
+        tags = GUARD_DEVICES[device][0] + tuple(draw(st.lists(st.tuples(TPIDS, st.just(0)), min_size=1, max_size=4)))
     else:
-        tags = tuple(draw(st.lists(st.tuples(TPIDS, VIDS), max_size=6)))
+        tags = tuple(draw(st.lists(st.tuples(TPIDS, VIDS), min_size=1, max_size=6)))
     return tags, device
 
 
 @st.composite
 def transports(draw, family: int) -> Transport:
-    proto = draw(st.sampled_from((TCP, TCP, UDP, UDP, ICMP if family == 4 else ICMP6, 47, 132)))
-    return Transport(
-        proto=proto, dport=draw(PORTS), sport=draw(st.sampled_from((40000, 53, 80))), flags=draw(TCP_FLAGS),
-        doff=draw(st.sampled_from((5, 5, 5, 0, 4, 6, 15))),
-        icmp_type=draw(st.sampled_from((8, 0, 3) if family == 4 else (128, 129, 1))),
-        udp_len_delta=draw(st.sampled_from((0, 0, 0, -28, -4, 8, 100))),
-        cut=draw(st.sampled_from((None, None, None, None, 1, 2, 4, 8, 12, 19))))
+    proto = draw(st.sampled_from((TCP, TCP, TCP, UDP, UDP, ICMP if family == 4 else ICMP6, 47, 132)))
+    return Transport(proto=proto, dport=draw(UDP_PORTS if proto == UDP else TCP_PORTS),
+                     sport=draw(st.sampled_from((40000, 53, 80))), flags=draw(TCP_FLAGS),
+                     icmp_type=draw(st.sampled_from((8, 0, 3) if family == 4 else (128, 129, 1))))
+
+
+@st.composite
+def transport_lies(draw, l4: Transport) -> Transport:
+    return replace(l4, doff=draw(st.sampled_from((5, 0, 4, 6, 15))),
+                   udp_len_delta=draw(st.sampled_from((0, -28, -4, 8, 100))),
+                   cut=draw(st.sampled_from((None, 1, 2, 4, 8, 12, 19))))
 
 
 @st.composite
 def ext_chains(draw) -> tuple[Ext, ...]:
-    kinds = st.sampled_from(("hbh", "dst", "dst", "rt", "frag", "ah", "none"))
-    out = []
-    for kind in draw(st.lists(kinds, max_size=12)):
-        if kind in ("hbh", "dst"):
+    """0-12 extension headers, mostly in an order the stack accepts (hop-by-hop
+    first, routing with no segments left), sometimes not."""
+    valid = st.sampled_from(("dst", "dst", "rt", "frag", "ah"))
+    out = [Ext("hbh", draw(st.sampled_from((8, 16, 64))))] if draw(st.booleans()) else []
+    for kind in draw(st.lists(valid, max_size=12 - len(out))):
+        if kind == "dst":
             ext = Ext(kind, draw(st.sampled_from((8, 8, 16, 64, 256))))
         elif kind == "rt":
-            ext = Ext(kind, draw(st.sampled_from((8, 24, 40))), rt_type=draw(st.sampled_from((0, 2, 4, 253))),
-                      segments_left=draw(st.sampled_from((0, 0, 1))))
+            ext = Ext(kind, draw(st.sampled_from((8, 24, 40))), rt_type=draw(st.sampled_from((0, 2))))
         elif kind == "ah":
             ext = Ext(kind, draw(st.sampled_from((16, 24, 32))))
         else:
             ext = Ext(kind)
-        if draw(st.integers(0, 9)) == 0:
-            ext = replace(ext, len_delta=draw(st.sampled_from((-1, 1, 40))))
         out.append(ext)
+    if out and draw(st.integers(0, 3)) == 0:           # one thing the stack may refuse
+        i = draw(st.integers(0, len(out) - 1))
+        out[i] = draw(st.sampled_from((replace(out[i], len_delta=1), replace(out[i], len_delta=40), Ext("hbh"),
+                                       Ext("rt", 24, rt_type=4), Ext("rt", 24, segments_left=1), Ext("none"))))
     return tuple(out)
 
 
@@ -529,34 +542,45 @@ def fragment_plans(draw, length: int) -> tuple[tuple[Piece, ...], bool]:
 
 @st.composite
 def cases(draw) -> Case:
-    """One crafted case mixing every ingredient; most of them aim at a port or a
-    source some policy refuses."""
+    """One crafted case: a datagram some policy refuses, IPv6 ones often behind
+    extension headers, with one or two themes of lies."""
     family = draw(st.sampled_from((4, 6)))
-    vlans, device = draw(vlan_stacks())
     l4 = draw(transports(family))
-    case = Case("generated", family, vlans, device, blocked=draw(st.integers(0, 4)) == 0, l4=l4)
-    if family == 4 and draw(st.booleans()):
-        case = replace(case, v4=V4(ihl=draw(st.sampled_from((None, None, None, 0, 4, 6, 15))), options=draw(OPTIONS),
-                                   df=draw(st.booleans()), evil=draw(st.integers(0, 9)) == 0))
-    if family == 6:
+    case = Case("generated", family, l4=l4, blocked=draw(st.integers(0, 4)) == 0)
+    if family == 6 and draw(st.booleans()):
         case = replace(case, ext=draw(ext_chains()))
-    if draw(st.integers(0, 2)) == 0:
-        length = len(l4.encode(bytes(4), bytes(4)))
-        if family == 6 and draw(st.booleans()):
-            case = replace(case, ext_frag=(Ext("dst", draw(st.sampled_from((8, 16, 24)))),))
-            length += case.ext_frag[0].size
-        if length > 8:
-            pieces, overwrite = draw(fragment_plans(length))
-            alt = replace(l4, dport=draw(PORTS), flags=draw(TCP_FLAGS)) if overwrite else None
-            case = replace(case, pieces=pieces, alt=alt)
-    if draw(st.integers(0, 5)) == 0:
-        case = replace(case, length_delta=draw(st.sampled_from((-40, -24, -20, -4, 4, 40))))
-    if draw(st.integers(0, 9)) == 0:
-        case = replace(case, trim=draw(st.sampled_from((1, 4, 20))))
-    if draw(st.integers(0, 9)) == 0:
-        case = replace(case, pad=draw(st.sampled_from((b"\x00" * 6, b"\x00\x16" * 10))))
-    if draw(st.integers(0, 19)) == 0:
-        case = replace(case, version=draw(st.sampled_from((0, 4, 6, 15))))
+    for theme in sorted(draw(st.sets(st.sampled_from(THEMES), min_size=1, max_size=2))):
+        if theme == "vlan":
+            vlans, device = draw(vlan_stacks())
+            case = replace(case, vlans=vlans, device=device)
+        elif theme == "header" and family == 4:
+            case = replace(case, v4=V4(ihl=draw(st.sampled_from((None, None, 0, 4, 6, 15))), options=draw(OPTIONS),
+                                       df=draw(st.booleans()), evil=draw(st.booleans())))
+        elif theme == "header":
+            case = replace(case, ext=draw(ext_chains()))
+        elif theme == "transport":
+            case = replace(case, l4=draw(transport_lies(l4)))
+        elif theme == "fragments":
+            length = len(case.l4.encode(bytes(4), bytes(4)))
+            if family == 6 and draw(st.booleans()):
+                case = replace(case, ext_frag=(Ext("dst", draw(st.sampled_from((8, 16, 24)))),))
+                length += case.ext_frag[0].size
+            if length > 8:
+                pieces, overwrite = draw(fragment_plans(length))
+                alt = replace(case.l4, dport=draw(TCP_PORTS), flags=draw(TCP_FLAGS)) if overwrite else None
+                case = replace(case, pieces=pieces, alt=alt)
+        else:
+            lie = draw(st.sampled_from(("length", "length", "trim", "pad", "version", "ethertype")))
+            if lie == "length":
+                case = replace(case, length_delta=draw(st.sampled_from((-42, -40, -24, -20, -4, 4, 40))))
+            elif lie == "trim":
+                case = replace(case, trim=draw(st.sampled_from((1, 4, 20))))
+            elif lie == "pad":
+                case = replace(case, pad=draw(st.sampled_from((b"\x00" * 6, b"\x00\x16" * 10, b"\x00\x50" * 10))))
+            elif lie == "version":
+                case = replace(case, version=draw(st.sampled_from((0, 4, 6, 15))))
+            else:
+                case = replace(case, eth_type=ETH_IP6 if family == 4 else ETH_IP)
     return case
 
 

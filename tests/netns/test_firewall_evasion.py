@@ -236,8 +236,11 @@ class Guards:
                 "functions": {"fw": {"type": "firewall", **spec}},
             }).deploy()
         except VnfchainError as exc:
-            pytest.fail(f"the {policy} policy cannot run in the chain: {exc}", pytrace=False)
-        self.running = (policy, mode)
+            refused = str(exc)
+        else:
+            self.running = (policy, mode)
+            return
+        pytest.fail(f"the {policy} policy cannot run in the chain: {refused}", pytrace=False)
 
     # --- traffic -----------------------------------------------------------------
 
@@ -390,7 +393,7 @@ def test_known_tricks_reach_no_further_than_nftables(guarded):
     guarded.check(KNOWN_TRICKS)
 
 
-@settings(max_examples=25, deadline=None, phases=(Phase.explicit, Phase.reuse, Phase.generate),
+@settings(max_examples=40, deadline=None, phases=(Phase.explicit, Phase.reuse, Phase.generate),
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
                                  HealthCheck.function_scoped_fixture])
 @given(batch=batches())
