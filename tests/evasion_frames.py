@@ -46,7 +46,7 @@ GUARD_DEVICES = {
     "g0.20.30": (((TPID_AD, 20), (TPID_Q, 30)), "198.19.30.1"),
 }
 PLAIN = ipaddress.IPv4Network("198.18.0.0/17")
-BLOCKED = ipaddress.IPv4Network("198.18.128.0/17")
+BLOCKED = ipaddress.IPv4Network("198.18.128.0/17")   # what the policies' `drop src` rules name
 IDENTS = PLAIN.num_addresses - 1           # case numbers 1 .. IDENTS
 PAYLOAD = b"vnfchain-evasion-payload"      # 24 bytes: TCP is 44 bytes long, UDP 32, ICMP 32
 
@@ -57,6 +57,10 @@ EXT_NUMBER = {"hbh": 0, "rt": 43, "frag": 44, "ah": 51, "none": 59, "dst": 60}
 def six_to_four(v4: ipaddress.IPv4Address, host: int = 1) -> ipaddress.IPv6Address:
     """2002:AABB:CCDD::host, the 6to4 image of IPv4 address AA.BB.CC.DD."""
     return ipaddress.IPv6Address((0x2002 << 112) | (int(v4) << 80) | host)
+
+
+def six_to_four_network(net: ipaddress.IPv4Network) -> ipaddress.IPv6Network:
+    return ipaddress.IPv6Network(f"{six_to_four(net.network_address, 0)}/{16 + net.prefixlen}")
 
 
 def guard_address(device: str, family: int) -> ipaddress.IPv4Address | ipaddress.IPv6Address:

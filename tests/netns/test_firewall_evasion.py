@@ -54,6 +54,7 @@ from hypothesis import HealthCheck, Phase, given, settings
 
 from tests.chain_fixtures import MODES, chain_name, delta
 from tests.evasion_frames import (
+    BLOCKED,
     GUARD_DEVICES,
     GUARD_MAC,
     IDENTS,
@@ -65,6 +66,7 @@ from tests.evasion_frames import (
     case_number,
     controls,
     guard_address,
+    six_to_four_network,
 )
 from tests.firewall_oracle import nft_counters
 from tests.testbed_fixtures import bed_name
@@ -81,7 +83,7 @@ pytestmark = [pytest.mark.root, pytest.mark.netns]
 GUARDS = ("n", "m", "x")
 NFT_GUARDS = ("n", "m")
 SENDER_IF = {g: f"s-{g}" for g in GUARDS}
-BLOCKED_SOURCES = ["198.18.128.0/17", "2002:c612:8000::/33"]   # tests.evasion_frames.BLOCKED and its 6to4 image
+BLOCKED_SOURCES = [str(BLOCKED), str(six_to_four_network(BLOCKED))]
 POLICIES = {
     # default drop: only what is allowed gets in; a drop src before the allows
     "allowlist": {"default": "drop", "rules": [
@@ -116,6 +118,7 @@ _GUARD_SYSCTLS = {
     # room for every incomplete fragment set of a module run: a full queue would
     # drop later fragments in one guard and not in the other
     "net.ipv4.ipfrag_high_thresh": 64 << 20, "net.ipv6.ip6frag_high_thresh": 64 << 20,
+    "net.netfilter.nf_conntrack_frag6_high_thresh": 64 << 20,
 }
 TOPOLOGY = {
     "name": "evd",
@@ -145,8 +148,8 @@ class Delivered(collections.Counter):
 
 
 class Guards:
-    """The bed: the sender's packet sockets, each guard's raw sockets, n's nft
-    tables and the chain in x."""
+    """The bed: the sender's packet sockets, each guard's raw sockets, the
+    nftables guards' tables and the chain in x."""
 
     def __init__(self, tb: Testbed):
         self.tb = tb
@@ -201,8 +204,7 @@ class Guards:
         return VLAN_DEVICES
 
     def close(self) -> None:
-        if self.dep is not None:
-            undeploy(self.dep.name)
+        undeploy(chain_name("evd"))     # idempotent: also after a deploy that failed half-way
         for key in list(self.rx.get_map().values()):
             self.rx.unregister(key.fileobj)
             key.fileobj.close()
