@@ -101,7 +101,7 @@ class Firewall(FunctionType):
     name = "firewall"
     summary = "ordered ACL (CIDR, proto, ports, TCP flags, ICMP, iif, conntrack state) in O(fields)"
     Params = FirewallParams
-    reasons = ("rule", "default_policy")
+    reasons = ("rule", "default_policy", "fragment")
 
     def maps(self, params):
         w = words(params)
