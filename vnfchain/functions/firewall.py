@@ -23,6 +23,7 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from .. import bpfsys
+from ..firewall import conntrack as ct_model
 from ..firewall.lbvs import FIELDS, NOT_ICMP, NOT_TCP, NO_PORT, compile_rules
 from ..firewall.rules import CT_STATES, Rule
 from .base import FunctionType, MapSpec, Params, headroom, write_array
@@ -111,6 +112,7 @@ class Firewall(FunctionType):
             MapSpec("hits", "percpu_array", w * 64 + 1, "packets per rule; the default's last"),
         ]
         specs.append(MapSpec("flows", "lru_hash", 65536 if params.conntrack else 1, "tracked flows"))
+        specs.append(MapSpec("ct_events", "percpu_array", len(ct_model.EVENTS), "packets conntrack refused or acted on"))
         return specs
 
     def labels(self, params):
@@ -150,10 +152,14 @@ class Firewall(FunctionType):
             n = sum(hits.sum_u64((hits.max_entries - 1).to_bytes(4, "little")))
             if n:
                 out["default_hits"] = n
+        if params.conntrack:
+            with maps.open("ct_events") as events:
+                for i, name in enumerate(ct_model.EVENTS):
+                    out[f"ct_{name}"] = sum(events.sum_u64(i.to_bytes(4, "little")))
         return out
 
 
-def fw_defines() -> list[tuple[str, int]]:
+def fw_defines() -> list[tuple[str, int | str]]:
     """The constants the template shares with lbvs.py, generated from it."""
     names = {"src": "SRC", "dst": "DST", "proto": "PROTO", "sport": "SPORT", "dport": "DPORT",
              "flags": "FLAGS", "icmp_type": "ICMP", "iif": "IIF", "ct": "CT"}
@@ -161,7 +167,7 @@ def fw_defines() -> list[tuple[str, int]]:
     out += [("FW_NO_PORT", NO_PORT), ("FW_NOT_TCP", NOT_TCP), ("FW_NOT_ICMP", NOT_ICMP)]
     out += [(f"FW_CT_{s.upper()}", i) for i, s in enumerate(CT_STATES)]
     out += [("FW_CT_UNTRACKED", len(CT_STATES)), ("FW_CT_CLASSES", len(CT_STATES) + 1)]
-    return out
+    return out + ct_model.c_defines()
 
 
 class RulesetWriter:
