@@ -25,10 +25,10 @@ import time
 import pytest
 
 from vnfchain import Chain
-from vnfchain.testbed import Testbed, build, load_topology
+from vnfchain.testbed import Testbed
 from vnfchain.testbed.netlink import socket_in
 from tests.chain_fixtures import chain_name, delta
-from tests.testbed_fixtures import bed_name
+from tests.testbed_fixtures import module_bed
 
 pytestmark = [pytest.mark.root, pytest.mark.netns]
 
@@ -57,13 +57,7 @@ ETH_P_ALL = 0x0003   # ETH_P_IP would miss the frames the host sends
 
 @pytest.fixture(scope="module")
 def bed():
-    name = bed_name("cts")
-    build.down(name)   # a bed of ours left by a killed earlier run with the same pid
-    tb = Testbed.up(load_topology(TOPOLOGY), name=name)
-    try:
-        yield tb
-    finally:
-        tb.down()
+    yield from module_bed(TOPOLOGY, "cts")
 
 
 @pytest.fixture(scope="module")

@@ -11,6 +11,35 @@ A rule change is a map update: the new ruleset is written beside the running
 one and switched in with one word, so no packet sees half of each.
 Connection tracking here is the firewall's own table; the NAT keeps its own
 translations (a NAT before or after the firewall sees other tuples).
+
+Conntrack (conntrack: true) gives every packet a state the rules may match
+(ct: new, established, related, invalid). A TCP flow opens only with a SYN
+(without ACK) and is followed each way, as nf_conntrack does: the next sequence
+number, the right edge the other side allowed (its ack + window, scaled when
+both SYNs offered a window scale) and the largest window and ack. A segment
+outside those bounds (data, FIN or RST), or acking data never sent, is invalid
+and changes nothing, so a blind attacker who knows the ports cannot close or
+move a flow. A RST closes the flow only at the receiver's next sequence number
+(RFC 5961); one inside the window is passed on, the flow kept, for the
+endpoint to answer with a challenge ACK. Flag combinations no TCP stack sends
+(SYN+FIN, SYN+RST, FIN without ACK, URG alone, no flags) are invalid in any state.
+Slack: a retransmission up to the receiver's largest window back, an ack up to
+the sender's largest window (at least 66,000 bytes) behind, anything up to the
+allowed right edge ahead (segments lost before the firewall); SACK blocks are
+not read (the cumulative ack is checked). ICMP: an echo request belongs to its
+flow only the way it was opened, an echo reply only back; other ICMP is never
+established. An error (ICMPv4 unreachable, time exceeded, parameter problem;
+ICMPv6 types 1-4) is related when it quotes a live flow and goes back to the
+quoted packet's sender; a quoted TCP segment must lie in the last window its
+sender sent.
+Limits: a TCP flow first seen mid-stream (conntrack turned on under running
+connections, an entry expired or pushed out of the full table) is not picked
+up: its packets are invalid until it reconnects; a port reused while the old
+flow is still open (its close never seen) is refused until the entry expires
+(timeouts.established);
+simultaneous open is not supported; quoted IPv6 extension headers are not
+walked. `vnfchain stats` counts ct_bad_flags, ct_bad_state, ct_out_of_window,
+ct_rst_in_window and ct_rst_closed.
 """
 from __future__ import annotations
 
@@ -45,7 +74,8 @@ class FirewallParams(Params):
     default: Literal["allow", "drop"] = Field("drop", description="what packets no rule matches get")
     rules: list[Rule] = Field([], max_length=100_000, description="ordered; the first match decides")
     conntrack: bool = Field(False, description="track flows: rules may match ct: new/established/"
-                                               "related/invalid; replies of allowed flows are established")
+                                               "related/invalid; replies of allowed flows are established, "
+                                               "TCP only inside its windows (see above)")
     non_ip: Literal["allow", "drop"] = Field("allow", description="what frames that are not IP get (ARP!)")
     timeouts: Timeouts = Field(Timeouts(), description="conntrack timeouts, in seconds")
 
