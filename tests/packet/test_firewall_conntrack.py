@@ -169,6 +169,24 @@ def test_blind_rsts_leave_the_flow_alone(fw, side):
     assert data_flows(fw, conn)
 
 
+OPEN_CHAIN = """
+name: ctopen
+functions:
+  fw: {type: firewall, conntrack: true, default: allow}
+"""
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_an_invalid_rst_a_rule_lets_through_still_changes_nothing(deployed, mode):
+    """default: allow passes the blind RST, but conntrack still ignores it:
+    only the RST at the next sequence number afterwards closes the flow."""
+    dep = deployed(OPEN_CHAIN, mode)
+    conn = open_flow(dep)
+    action, changed = verdict(dep, conn.forge(1, "R", seq=conn.nxt[1] + 2**31))
+    assert action == "XDP_PASS" and changed["ct_out_of_window"] == 1 and "ct_rst_closed" not in changed
+    assert verdict(dep, conn.forge(1, "R"))[1]["ct_rst_closed"] == 1
+
+
 def test_rst_in_window_but_not_exact_is_passed_and_the_flow_kept(fw):
     """RFC 5961: the endpoint answers such a RST with a challenge ACK; the
     firewall lets it through and keeps the flow for that exchange."""

@@ -42,8 +42,6 @@ struct fw_tcp_seg {
 #define FW_CHANGE_ANSWER 3   /* TCP: the SYN-ACK, the reply side starts */
 #define FW_CHANGE_CLOSE 4    /* TCP: a RST ends it */
 
-
-
 #define FW_TCP_OPT_MAX 40   /* option bytes a TCP header holds */
 #define FW_NO_WSCALE 0xff
 #define FW_MAX_WSCALE 14   /* RFC 7323: larger shifts are read as 14 */
@@ -137,10 +135,13 @@ static __always_inline int fw_seq_after(__u32 a, __u32 b)
  * frame may carry Ethernet padding); 0 when the headers contradict each other */
 static __always_inline int fw_tcp_segment(struct xdp_md *ctx, const struct vc_meta *meta, struct fw_tcp_seg *seg)
 {
-	struct vc_tcphdr *tcp = vc_at(ctx, meta->l4_off, sizeof(*tcp));
+	struct vc_tcphdr *tcp;
 	__u32 ip_end, hdr_end;
 
-	if (!tcp || !meta->l4_off)
+	if (!meta->l4_off)
+		return 0;   /* a later fragment */
+	tcp = vc_at(ctx, meta->l4_off, sizeof(*tcp));
+	if (!tcp)
 		return 0;
 	if (meta->ip_version == 4) {
 		struct iphdr *ip = vc_at(ctx, meta->l3_off, sizeof(*ip));
@@ -245,13 +246,12 @@ static __always_inline int fw_tcp_rst_exact(const struct fw_tcp_dir *snd, const 
 	return seq == snd->end || ((rcv->flags & FW_DIR_ACKED) && seq == rcv->maxack);
 }
 
-/* and a RST below what the receiver has acknowledged is dropped by it anyway */
+/* a RST is held to the window too, and one below what the receiver has
+ * acknowledged would be dropped by it anyway: no retransmission slack */
 static __always_inline int fw_tcp_rst_in_window(const struct fw_tcp_dir *snd, const struct fw_tcp_dir *rcv,
 						const struct fw_tcp_seg *seg)
 {
-	__u32 lowest = (rcv->flags & FW_DIR_ACKED) ? rcv->maxack : snd->end - rcv->maxwin;
-
-	if (fw_seq_before(seg->seq, lowest) || fw_seq_after(seg->seq, snd->maxend))
+	if ((rcv->flags & FW_DIR_ACKED) && fw_seq_before(seg->seq, rcv->maxack))
 		return 0;
 	return fw_tcp_in_window(snd, rcv, seg);
 }
