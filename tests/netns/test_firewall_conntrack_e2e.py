@@ -191,7 +191,7 @@ def test_download_survives_a_spray_of_spoofed_rsts(bed, firewall, tap, attacker)
         time.sleep(0.002)
     out, err = curl.communicate(timeout=40)
     changed = delta(before, firewall.stats())["fw"]
-    assert curl.returncode == 0 and out == str(size), f"curl: {err.strip()} ({out} bytes)"
+    assert curl.returncode == 0 and out == str(size), f"curl: {err.strip()} ({out} bytes) {changed} sent={attacker.sent}"
     assert attacker.sent >= 500
     assert changed["ct_out_of_window"] >= attacker.sent      # every spoofed RST was judged outside
     assert changed["drop_default_policy"] >= attacker.sent   # ... and stopped at the firewall

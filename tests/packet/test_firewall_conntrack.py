@@ -17,6 +17,7 @@ from scapy.layers.inet import ICMP, IP, TCP, UDP, IPerror, TCPerror, UDPerror
 from scapy.layers.inet6 import ICMPv6DestUnreach, ICMPv6EchoReply, ICMPv6EchoRequest, ICMPv6PacketTooBig, IPv6, \
     IPerror6
 
+from vnfchain import bpfsys
 from vnfchain.firewall import conntrack
 from vnfchain.firewall.rules import TCP_FLAGS
 from tests.chain_fixtures import MODES, delta
@@ -421,3 +422,18 @@ def test_tcp_over_ipv6_has_windows_too(fw):
     assert verdict(fw, conn.forge(1, "R", seq=conn.nxt[1] + 2**31))[0] == "XDP_DROP"
     assert data_flows(fw, conn)
     assert verdict(fw, conn.forge(1, "R"))[1]["ct_rst_closed"] == 1
+
+
+def test_a_flow_stamped_by_another_cpu_after_this_one_read_the_clock_is_live(fw):
+    """Each CPU reads the clock once per packet; another CPU may stamp the flow
+    later than that. Such a flow is not 'idle for ages' (an unsigned compare
+    once tore live connections down under load, on two CPUs)."""
+    import time
+    conn = open_flow(fw)
+    future = (time.clock_gettime_ns(time.CLOCK_MONOTONIC) + 10**9).to_bytes(8, "little")
+    flows = next(path for name, path in fw.record["maps"].items() if name.endswith("_flows"))
+    with bpfsys.PinnedMap(flows) as table:
+        for key in table.keys():
+            value = table.lookup(key)[0]
+            table.update(key, future + value[8:])     # last_seen comes first
+    assert data_flows(fw, conn)

@@ -87,6 +87,13 @@ static __always_inline int vc_drop(struct vc_meta *meta, __u8 reason)
 	return VC_DROP;
 }
 
+/* has more than age ns passed since stamp? Signed: another CPU may have
+ * stamped an entry after this one read the clock, and that is not "long ago" */
+static __always_inline int vc_older_than(__u64 now, __u64 stamp, __u64 age)
+{
+	return (__s64)(now - stamp) > (__s64)age;
+}
+
 /* drop a frame the parser could not classify, counted under its reason */
 static __always_inline int vc_drop_unparsed(struct vc_meta *meta)
 {
