@@ -121,9 +121,9 @@ CASES = [
     ("a later fragment nobody's first", ipv4(bytes(16), frag=100, ident=999), "XDP_DROP", "XDP_DROP",
      "later_fragment"),
     ("IPv6 TCP/80", E / IPv6(src=C6, dst=S6) / TCP(dport=80), "XDP_TX", "XDP_TX", None),
-    ("IPv6 TCP/80 behind hop-by-hop, dest-opts, routing (0 left), atomic fragment",
-     E / IPv6(src=C6, dst=S6) / IPv6ExtHdrHopByHop() / IPv6ExtHdrDestOpt() / IPv6ExtHdrRouting(segleft=0)
-     / IPv6ExtHdrFragment() / TCP(dport=80), "XDP_TX", "XDP_TX", None),
+    ("IPv6 TCP/80 behind hop-by-hop, atomic fragment, dest-opts, routing (0 left)",
+     E / IPv6(src=C6, dst=S6) / IPv6ExtHdrHopByHop() / IPv6ExtHdrFragment() / IPv6ExtHdrDestOpt()
+     / IPv6ExtHdrRouting(segleft=0) / TCP(dport=80), "XDP_TX", "XDP_TX", None),
     ("IPv6 TCP/22 behind destination options", E / IPv6(src=C6, dst=S6) / IPv6ExtHdrDestOpt() / TCP(dport=22),
      "XDP_DROP", "XDP_DROP", None),
     ("IPv6 AH is the protocol, as nftables sees it: no rule allows 51",
@@ -134,6 +134,10 @@ CASES = [
      E / IPv6(src=C6, dst=S6, nh=60) / Raw(dest_options(8, then=6) + tcp(22)), "XDP_DROP", "XDP_DROP", None),
     ("IPv6 nine extension headers hide TCP/22", E / IPv6(src=C6, dst=S6, nh=60) / Raw(dest_options(9, then=6) + tcp(22)),
      "XDP_DROP", "XDP_DROP", "ext_headers"),
+    ("IPv6 fragment header behind destination options", E / IPv6(src=C6, dst=S6) / IPv6ExtHdrDestOpt()
+     / IPv6ExtHdrFragment(m=1, id=81) / TCP(dport=80), "XDP_DROP", "XDP_DROP", "ext_headers"),
+    ("IPv6 fragment header behind a routing header", E / IPv6(src=C6, dst=S6) / IPv6ExtHdrRouting(segleft=0)
+     / IPv6ExtHdrFragment(id=82) / TCP(dport=80), "XDP_DROP", "XDP_DROP", "ext_headers"),
     ("IPv6 routing header with a segment left", E / IPv6(src=C6, dst=S6)
      / IPv6ExtHdrRouting(addresses=["2002:c612:303::3"], segleft=1) / TCP(dport=80),
      "XDP_DROP", "XDP_DROP", "source_route"),

@@ -162,7 +162,7 @@ static __always_inline __u8 vc_parse_ipv6(struct xdp_md *ctx, struct vc_meta *me
 {
 	struct ipv6hdr *ip6 = vc_at(ctx, off, sizeof(*ip6));
 	__u32 frame = ctx->data_end - ctx->data, end;
-	__u8 next;
+	__u8 next, behind = 0;
 
 	if (!ip6 || ip6->version != 6)
 		return VC_UNPARSED_IP_HEADER;
@@ -193,6 +193,11 @@ static __always_inline __u8 vc_parse_ipv6(struct xdp_md *ctx, struct vc_meta *me
 			struct vc_frag6_hdr *fh = (void *)h;
 			__u32 fo = ntohs(fh->frag_off);
 
+			/* behind destination options or a routing header: an order
+			 * the kernel's netfilter defragmentation refuses */
+			if (behind)
+				return VC_UNPARSED_EXT_HEADERS;
+
 			if (fo & 0xfff9) {   /* an offset, or more fragments: a real fragment */
 				meta->frag_id = fh->id;
 				meta->frag = (fo & 1 ? VC_FRAG_MORE : 0) | (fo >> 3 ? VC_FRAG_LATER : 0);
@@ -206,6 +211,7 @@ static __always_inline __u8 vc_parse_ipv6(struct xdp_md *ctx, struct vc_meta *me
 		} else {
 			if (next == VC_IPPROTO_ROUTING && h[3])   /* segments left */
 				return VC_UNPARSED_SOURCE_ROUTE;
+			behind |= next != VC_IPPROTO_HOPOPTS;
 			off += (h[1] + 1) * 8;
 		}
 		next = h[0];
