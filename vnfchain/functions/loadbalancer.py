@@ -82,7 +82,9 @@ SVC = struct.Struct("<IBBH")             # struct svc: id, version, mode
 BACKEND = struct.Struct("<16s2sBxI")     # struct backend: addr, port, flags, svc
 CFG = struct.Struct("<4sI16s")           # struct cfg: encap_src, has_nat, encap_src6
 U32 = struct.Struct("<I")
-COUNTS = ("new_flows", "table_hits", "moved_flows", "replies", "echo_replies")
+# the function's own counters, in the order of its counts map (rendered into C as <fn>_C_<NAME>)
+COUNTS = ("new_flows", "table_hits", "moved_flows", "replies", "echo_replies", "confirmed_flows",
+          "evicted_unconfirmed")
 
 
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -139,6 +141,13 @@ class LbParams(Params):
                                        "flow makes room)")
     idle_timeout: int = Field(300, ge=1, le=31_536_000,
                               description="seconds a flow keeps its backend while idle (up to a year)")
+    max_unconfirmed: int | None = Field(
+        None, ge=16, le=1_048_576,
+        description="unconfirmed flows (half-open TCP, unanswered UDP) held apart from the connection "
+                    "table; the oldest is evicted for a new one (default: max_flows / 4, at least 16)")
+    unconfirmed_timeout: int = Field(30, ge=1, le=31_536_000,
+                                     description="seconds an idle unconfirmed flow keeps its backend "
+                                                 "(at most idle_timeout)")
     encap_src: ipaddress.IPv4Address | None = Field(
         None, description="outer source address of IPv4 ipip services (required by them)")
     encap_src6: ipaddress.IPv6Address | None = Field(
@@ -152,6 +161,10 @@ class LbParams(Params):
             raise ValueError(f"table_size {v} is not prime; Maglev needs a prime such as 65537, "
                              f"{_next_prime(v)} or 251")
         return v
+
+    @property
+    def unconfirmed_size(self) -> int:
+        return self.max_unconfirmed or max(16, self.max_flows // 4)
 
     @model_validator(mode="after")
     def _check(self):
@@ -189,12 +202,21 @@ class LoadBalancer(FunctionType):
             MapSpec("bstats", "percpu_array", backends, "packets, bytes, new flows per backend"),
             MapSpec("flows", "lru_hash", params.max_flows, "connection table: client flow -> backend"),
             MapSpec("rev", "lru_hash", 2 * params.max_flows, "nat mode: backend reply -> VIP and port"),
+            # room for flows other CPUs are inserting while the ring evicts
+            MapSpec("pending", "hash", params.unconfirmed_size + 64, "unconfirmed flows -> backend"),
+            MapSpec("pending_rev", "lru_hash", 2 * params.unconfirmed_size,
+                    "nat mode: an unconfirmed flow's backend reply -> VIP and port"),
+            MapSpec("newring", "array", params.unconfirmed_size,
+                    "unconfirmed flows in arrival order: the next slot's flow is evicted"),
+            MapSpec("newcursor", "array", 1, "next slot of the unconfirmed ring"),
             MapSpec("counts", "percpu_array", 8, "function counters"),
         ]
 
     def template_vars(self, params, ctx):
         svcs, backends = _caps(params)
         return {"table_size": params.table_size, "idle_timeout": params.idle_timeout,
+                "unconfirmed_timeout": min(params.unconfirmed_timeout, params.idle_timeout),
+                "max_unconfirmed": params.unconfirmed_size, "counts": COUNTS,
                 "shape": f"{svcs}x{backends}x{params.table_size}"}
 
     def populate(self, tables, params, ctx):
