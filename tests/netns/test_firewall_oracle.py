@@ -14,7 +14,7 @@ DSCP n = goto to the n-th label (goto sets a packet mark, a postrouting chain
 turns the mark into a DSCP value the receiver can read).
 
 Deliberate limits, so that the two sides judge the same packet:
-- IPv4 packets only (DESIGN.md section 4: traffic stays in 198.18.0.0/15);
+- IPv4 packets only (test traffic stays in 198.18.0.0/15, RFC 2544);
   rulesets still contain IPv6 rules, which IPv4 packets must never match.
   IPv6 packets are covered against ``first_match`` in tests/unit/test_firewall_rules.py.
 - Stateless: no ``ct`` rules. nft's conntrack decides ``new``/``established``/

@@ -11,6 +11,14 @@ A rule change is a map update: the new ruleset is written beside the running
 one and switched in with one word, so no packet sees half of each.
 Connection tracking here is the firewall's own table; the NAT keeps its own
 translations (a NAT before or after the firewall sees other tuples).
+
+Frames the parser cannot classify as the kernel would (too many VLAN tags or
+IPv6 extension headers, lying lengths, cut transport headers, tiny first
+fragments, TCP fragments at offset 8) get ``unparsed`` -- by default the
+``default``, so a default-drop firewall drops them, counted as
+``drop_unparsed_<reason>``. A later fragment gets the verdict of its datagram's
+first fragment (remembered 30 s, 4,096 datagrams), or, if that was never seen,
+``unparsed`` too.
 """
 from __future__ import annotations
 
@@ -29,6 +37,7 @@ from .base import FunctionType, MapSpec, Params, headroom, write_array
 
 VERDICT = {"allow": 0, "drop": 1}   # VC_CONTINUE, VC_DROP
 SHADOW_CHECK_LIMIT = 2000
+FRAGMENTS = 4096   # fragmented datagrams whose later fragments can follow their first
 LABEL_BASE = 16
 
 
@@ -46,6 +55,10 @@ class FirewallParams(Params):
     conntrack: bool = Field(False, description="track flows: rules may match ct: new/established/"
                                                "related/invalid; replies of allowed flows are established")
     non_ip: Literal["allow", "drop"] = Field("allow", description="what frames that are not IP get (ARP!)")
+    unparsed: Literal["default", "allow", "drop"] = Field(
+        "default", description="what frames the parser cannot classify get (too many VLAN tags or "
+                               "IPv6 extension headers, lying lengths, cut transport headers, tiny "
+                               "or orphan fragments; see `vnfchain functions`): default = as `default`")
     timeouts: Timeouts = Field(Timeouts(), description="conntrack timeouts, in seconds")
 
     @model_validator(mode="after")
@@ -108,6 +121,7 @@ class Firewall(FunctionType):
                     "(version, ifindex) -> candidate rules"),
             MapSpec("ct_bits", "array", 2 * (len(CT_STATES) + 1), "conntrack state -> candidate rules"),
             MapSpec("actions", "array", 2 * w * 64, "rule -> verdict"),
+            MapSpec("frags", "lru_hash", FRAGMENTS, "first fragment (src, dst, id, proto) -> verdict"),
             MapSpec("hits", "percpu_array", w * 64 + 1, "packets per rule; the default's last"),
         ]
         specs.append(MapSpec("flows", "lru_hash", 65536 if params.conntrack else 1, "tracked flows"))
@@ -130,12 +144,17 @@ class Firewall(FunctionType):
 
     def warnings(self, params):
         from ..firewall.rules import shadowed
+        out = []
+        if params.default == "allow" and params.unparsed == "default":
+            out.append((("default",), "default: allow also lets through frames the parser cannot "
+                                      "classify, which a drop rule then never sees; add "
+                                      "`unparsed: drop` unless you want that", None))
         if len(params.rules) > SHADOW_CHECK_LIMIT:
-            return [(("rules",), f"{len(params.rules)} rules: the shadowed-rule check (quadratic) "
-                                 f"runs up to {SHADOW_CHECK_LIMIT} rules only", None)]
-        return [(("rules", later), f"rule {later} can never match: rule {earlier} before it matches "
-                                   f"everything it does", ("rules", earlier))
-                for earlier, later in shadowed(params.rules)]
+            return out + [(("rules",), f"{len(params.rules)} rules: the shadowed-rule check (quadratic) "
+                                       f"runs up to {SHADOW_CHECK_LIMIT} rules only", None)]
+        return out + [(("rules", later), f"rule {later} can never match: rule {earlier} before it "
+                                         f"matches everything it does", ("rules", earlier))
+                      for earlier, later in shadowed(params.rules)]
 
     def populate(self, tables, params, ctx):
         RulesetWriter(tables, params, ctx).write()
@@ -188,6 +207,8 @@ class RulesetWriter:
         ver.used = sum(1 << i for i, f in enumerate(FIELDS) if f in c.used)
         ver.nrules = c.nrules
         ver.default_verdict = VERDICT[self.params.default]
+        unparsed = self.params.default if self.params.unparsed == "default" else self.params.unparsed
+        ver.unparsed_verdict = VERDICT[unparsed]
         ver.hash = digest
         cfg_table[cfg_table.Key(0)] = cfg        # the idle version is complete
         cfg.active = new
