@@ -123,8 +123,8 @@ MAPPING = struct.Struct("<Q4s2sBx")         # struct nat_mapping (the first 16 b
 STATES = {0: "unconfirmed", 1: "established", 2: "closing", 3: "replied"}
 # the function's own counters, in the order of its counts map (rendered into C as <fn>_C_<NAME>)
 COUNTS = ("new_snat_flows", "new_port_forward_flows", "confirmed_flows", "evicted_unconfirmed", "table_full")
-# where flows live: the main table (confirmed), then the unconfirmed ones by direction
-TABLES = ("out", "snew_out", "dnew_out")
+# where flows live (by their inside views): confirmed, unconfirmed
+TABLES = ("out", "new_out")
 
 
 class Nat(FunctionType):
@@ -135,8 +135,8 @@ class Nat(FunctionType):
 
     def maps(self, params):
         unconfirmed = params.unconfirmed_size
-        # room for flows another CPU is inserting while the ring evicts
-        pending = unconfirmed + 64
+        # both sides' rings, and room for flows other CPUs are inserting while a ring evicts
+        pending = 2 * unconfirmed + 128
         return [
             MapSpec("cfg", "array", 1, "outside ifindex, untranslatable policy"),
             MapSpec("snat", "lpm_trie", headroom(sum(len(_nets(r)) for r in params.snat) + 1, 16),
@@ -144,13 +144,11 @@ class Nat(FunctionType):
             MapSpec("dnat", "hash", headroom(len(params.dnat) + 1, 16), "outside address:port -> inside"),
             MapSpec("out", "hash", params.max_flows, "confirmed flows by their inside view"),
             MapSpec("in", "hash", params.max_flows, "confirmed flows by their outside view"),
-            MapSpec("snew_out", "hash", pending, "unconfirmed flows opened from the inside, inside view"),
-            MapSpec("snew_in", "hash", pending, "unconfirmed flows opened from the inside, outside view"),
-            MapSpec("dnew_out", "hash", pending, "unconfirmed port-forward flows, inside view"),
-            MapSpec("dnew_in", "hash", pending, "unconfirmed port-forward flows, outside view"),
+            MapSpec("new_out", "hash", pending, "unconfirmed flows by their inside view"),
+            MapSpec("new_in", "hash", pending, "unconfirmed flows by their outside view"),
             MapSpec("newring", "array", 2 * unconfirmed,
-                    "unconfirmed flows of each direction in arrival order: the next slot's flow is evicted"),
-            MapSpec("newcursor", "array", 2, "next slot of each direction's unconfirmed ring"),
+                    "unconfirmed flows opened from each side in arrival order: the next slot's flow is evicted"),
+            MapSpec("newcursor", "array", 2, "next slot of each side's unconfirmed ring"),
             MapSpec("ring", "array", 2 * params.max_flows,
                     "recent confirmed flows, swept for expired ones as new ones come (twice the table: "
                     "half is always free)"),
