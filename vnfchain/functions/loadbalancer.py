@@ -24,6 +24,20 @@ Modes, per service:
   (next header 41, the flow's hash in the flow label) from ``encap_src6``;
   the backend decapsulates.
 
+New flows wait *unconfirmed* beside the connection table until the client
+answers: in ``nat`` mode its ACK must acknowledge the backend's SYN-ACK (a
+flow picked up mid-stream: its next packet after a non-RST answer; UDP: after
+a reply), in ``dsr`` and ``ipip`` modes, which see no replies, its next packet
+(TCP: an ACK without SYN). ``max_unconfirmed`` of them are held, the oldest
+evicted for a new one (``evicted_unconfirmed``), each idling out after
+``unconfirmed_timeout``: a flood of spoofed SYNs to a VIP never pushes an
+established flow out of the connection table (where, after a backend change,
+it would be hashed again onto another backend). ``table_hits`` counts packets
+of known flows, confirmed or not. In ``dsr``/``ipip`` mode a blind spoofer
+that sends a SYN and then an ACK confirms its flow; a UDP flow whose client
+sends once stays unconfirmed. Every TCP or UDP packet not to a VIP costs one
+more lookup (the unconfirmed flows' reply table) when a nat-mode service exists.
+
 Live changes to backends, weights, drains, modes and ``encap_src``/
 ``encap_src6``/``icmp_echo`` are map updates (nothing is compiled): a new
 Maglev table is written into the idle half of the service's table and
@@ -40,7 +54,8 @@ whose table share changed since they started are moved).
 
 Memory: the Maglev tables take 2 x (service room) x ``table_size`` x 4 bytes
 (4 services at 65537: 2 MB); the connection table ``max_flows`` x ~90 bytes
-and the nat reply table twice that.
+and the nat reply table twice that; the unconfirmed flows ``max_unconfirmed``
+x ~150 bytes and their reply table twice ~80.
 
 ipip specifics: the outer header adds 20 (IPv6: 40) bytes, so mind the MTU
 towards the backends; a backend without a neighbour entry gets the

@@ -90,7 +90,8 @@ class DnatRule(Params):
 
 class NatTimeouts(Params):
     tcp_established: int = Field(3600, ge=1, description="seconds an idle established TCP mapping is kept")
-    tcp_transitory: int = Field(120, ge=1, description="seconds for TCP not yet answered, or closing")
+    tcp_transitory: int = Field(120, ge=1, description="seconds for closing TCP (FIN or RST seen); caps "
+                                                       "unconfirmed TCP too")
     udp: int = Field(30, ge=1, description="seconds an idle UDP mapping is kept")
     icmp: int = Field(30, ge=1, description="seconds an idle ICMP echo mapping is kept")
     unconfirmed: int = Field(30, ge=1, description="seconds an idle unconfirmed flow (half-open TCP, "
@@ -106,8 +107,8 @@ class NatParams(Params):
                            description="confirmed flows the table holds; when full, new flows stay unconfirmed")
     max_unconfirmed: int | None = Field(
         None, ge=16, le=1_048_576,
-        description="unconfirmed flows each direction holds; the oldest is evicted for a new one "
-                    "(default: max_flows / 4, at least 16)")
+        description="unconfirmed flows each side (inside, port forwards) holds; its oldest is evicted for a "
+                    "new one (default: max_flows / 4, at least 16)")
     untranslatable: Literal["drop", "pass"] = Field(
         "drop", description="what an snat network sends out that cannot be translated (GRE, ESP, SCTP, ICMP "
                             "but echo and errors): drop, or pass with its inside address")
