@@ -55,7 +55,7 @@ whose table share changed since they started are moved).
 Memory: the Maglev tables take 2 x (service room) x ``table_size`` x 4 bytes
 (4 services at 65537: 2 MB); the connection table ``max_flows`` x ~90 bytes
 and the nat reply table twice that; the unconfirmed flows ``max_unconfirmed``
-x ~150 bytes and their reply table twice ~80.
+x ~150 bytes and their reply table ~80 bytes a flow.
 
 ipip specifics: the outer header adds 20 (IPv6: 40) bytes, so mind the MTU
 towards the backends; a backend without a neighbour entry gets the
@@ -219,7 +219,7 @@ class LoadBalancer(FunctionType):
             MapSpec("rev", "lru_hash", 2 * params.max_flows, "nat mode: backend reply -> VIP and port"),
             # room for flows other CPUs are inserting while the ring evicts
             MapSpec("pending", "hash", params.unconfirmed_size + 64, "unconfirmed flows -> backend"),
-            MapSpec("pending_rev", "lru_hash", 2 * params.unconfirmed_size,
+            MapSpec("pending_rev", "hash", params.unconfirmed_size + 64,
                     "nat mode: an unconfirmed flow's backend reply -> VIP and port"),
             MapSpec("newring", "array", params.unconfirmed_size,
                     "unconfirmed flows in arrival order: the next slot's flow is evicted"),
