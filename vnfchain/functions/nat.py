@@ -19,21 +19,20 @@ that route the inside addresses back (then the NAT is not what hides them).
 Later IP fragments carry no ports, so those that would need source NAT are
 dropped (``nat_fragment``) in any case.
 
-State. A new flow starts *unconfirmed*, in a table of its direction (opened
-from the inside, or through a port forward) holding ``max_unconfirmed``
-flows; when it is full the oldest unconfirmed flow of that direction is
-evicted (counted as ``evicted_unconfirmed``; its port is free again), as
-nf_conntrack's early drop. A flow is *confirmed* and moves to the main table
+State. A new flow starts *unconfirmed*. Each side (flows opened from the
+inside, flows opened through a port forward) holds ``max_unconfirmed`` of
+them; a new flow evicts its side's oldest (counted as ``evicted_unconfirmed``;
+its port is free again), as nf_conntrack's early drop. A flow is *confirmed* and moves to the main table
 (``max_flows``) when its opener answers the reply: for TCP the handshake's
 ACK, which must acknowledge the responder's SYN-ACK (a spoofer that never saw
 it cannot), for UDP and ICMP echo the opener's next packet after a reply. So a
 flood of spoofed SYNs or datagrams to a port forward only churns the
-unconfirmed port-forward table: confirmed flows keep their mappings, and new
+port forward's unconfirmed flows: confirmed flows keep their mappings, and new
 flows from the inside are not touched. An unconfirmed flow idles out after
 ``timeouts.unconfirmed`` (or its protocol's timeout, if shorter). A UDP flow
 whose opener never sends again after the first answer (a one-shot DNS query;
 a stream the opener never acknowledges) stays unconfirmed: it works, but is
-evicted once ``max_unconfirmed`` newer flows came after it. When the main
+evicted once ``max_unconfirmed`` newer flows from its side came after it. When the main
 table is full of live flows, a confirmed flow stays unconfirmed and is counted
 (``table_full``); no flow is dropped for room. A blind spoofer can still
 confirm UDP flows through a port forward by sending twice.
