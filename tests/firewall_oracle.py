@@ -24,6 +24,7 @@ only rules and pure-Python tests use, never the wire.
 from __future__ import annotations
 
 import ipaddress
+import json
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
@@ -373,3 +374,16 @@ def describe(rules: list[Rule], index: int | None) -> str:
 def as_later_fragment(w: Wire) -> Wire:
     """The same packet as a later fragment: what the firewall can no longer see."""
     return Wire(replace(w.packet, sport=None, dport=None, tcp_flags=None, icmp_type=None), "later")
+
+
+def nft_counters(listing: str) -> dict[str, int]:
+    """Packets counted per rule comment ("rule 12", "default") in the output of
+    ``nft -j list chain ...`` of a ruleset made with ``nft.ruleset(counters=True)``."""
+    out: dict[str, int] = {}
+    for item in json.loads(listing)["nftables"]:
+        rule = item.get("rule")
+        if rule:
+            counted = [e["counter"]["packets"] for e in rule["expr"] if "counter" in e]
+            comment = rule.get("comment", "")      # one rule may be several nft rules
+            out[comment] = out.get(comment, 0) + counted[0]
+    return out

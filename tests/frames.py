@@ -1,5 +1,8 @@
-"""Frame helpers for packet tests: fixed Ethernet addresses, checksum checks."""
+"""Frame helpers for packet tests: fixed Ethernet addresses, checksums to fill
+into hand-built frames, checksum checks."""
 from __future__ import annotations
+
+import struct
 
 from scapy.layers.inet import UDP
 from scapy.layers.l2 import Ether
@@ -22,14 +25,29 @@ def checksums_valid(frame: bytes) -> bool:
     return bytes(Ether(bytes(rebuilt))) == frame
 
 
+def pseudo_header(src: bytes, dst: bytes, proto: int, length: int) -> bytes:
+    """The TCP/UDP/ICMPv6 pseudo header: IPv4 when the addresses are 4 bytes, else IPv6."""
+    if len(src) == 4:
+        return src + dst + struct.pack("!BBH", 0, proto, length)
+    return src + dst + struct.pack("!I3xB", length, proto)
+
+
 def internet_checksum(data: bytes) -> int:
-    """RFC 1071: 0 when data holds a valid checksum."""
-    if len(data) % 2:
-        data += b"\0"
-    total = sum(int.from_bytes(data[i:i + 2], "big") for i in range(0, len(data), 2))
+    """RFC 1071 over data: 0 when data holds a valid checksum."""
+    blob = data + (b"\0" if len(data) % 2 else b"")
+    total = sum(struct.unpack(f"!{len(blob) // 2}H", blob))
     while total >> 16:
-        total = (total & 0xFFFF) + (total >> 16)
-    return ~total & 0xFFFF
+        total = (total & 0xffff) + (total >> 16)
+    return ~total & 0xffff
+
+
+def with_checksum(data: bytes, at: int, pseudo: bytes = b"", udp: bool = False) -> bytes:
+    """``data`` with the Internet checksum of ``pseudo + data`` written at byte ``at``
+    (a UDP checksum of 0 is sent as 0xffff: 0 would mean "none")."""
+    csum = internet_checksum(pseudo + data)
+    if udp and csum == 0:
+        csum = 0xffff
+    return data[:at] + struct.pack("!H", csum) + data[at + 2:]
 
 
 def spoofed_syns(count: int, dst: str, dport: int, seed: int = 1) -> list[bytes]:
@@ -38,7 +56,6 @@ def spoofed_syns(count: int, dst: str, dport: int, seed: int = 1) -> list[bytes]
     a distinct flow with valid checksums: a spoofed SYN flood."""
     import ipaddress
     import random
-    import struct
 
     rng = random.Random(seed)
     daddr = ipaddress.IPv4Address(dst).packed
@@ -50,9 +67,7 @@ def spoofed_syns(count: int, dst: str, dport: int, seed: int = 1) -> list[bytes]
             continue
         seen.add((saddr, sport))
         tcp = struct.pack("!HHIIBBHHH", sport, dport, rng.getrandbits(32), 0, 5 << 4, 0x02, 64240, 0, 0)
-        pseudo = saddr + daddr + struct.pack("!BBH", 0, 6, len(tcp))
-        tcp = tcp[:16] + internet_checksum(pseudo + tcp).to_bytes(2, "big") + tcp[18:]
-        ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(tcp), 0, 0, 64, 6, 0, saddr, daddr)
-        ip = ip[:10] + internet_checksum(ip).to_bytes(2, "big") + ip[12:]
+        tcp = with_checksum(tcp, 16, pseudo_header(saddr, daddr, 6, len(tcp)))
+        ip = with_checksum(struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(tcp), 0, 0, 64, 6, 0, saddr, daddr), 10)
         frames.append(bytes.fromhex("020000000101" "020000000102" "0800") + ip + tcp)
     return frames

@@ -13,7 +13,7 @@ from scapy.layers.inet import ICMP, IP, TCP, UDP
 from scapy.layers.l2 import Ether
 
 from tests.chain_fixtures import MODES, delta
-from tests.frames import checksums_valid, eth, internet_checksum, spoofed_syns
+from tests.frames import checksums_valid, eth, internet_checksum, pseudo_header, spoofed_syns
 from tests.scratch_netns import scratch_netns
 from vnfchain.testrun import call_in_netns, run_xdp
 
@@ -491,10 +491,8 @@ def test_untranslatable_pass_lets_it_leave_as_it_is(deployed, gateways):
 def quoted_tcp_checksum_verifies(quoted: bytes) -> bool:
     """Does the TCP checksum of a packet an ICMP error quotes whole verify
     against the quoted pseudo-header?"""
-    ihl = (quoted[0] & 0x0F) * 4
-    segment = quoted[ihl:]
-    pseudo = quoted[12:20] + bytes([0, 6]) + len(segment).to_bytes(2, "big")
-    return internet_checksum(pseudo + segment) == 0
+    segment = quoted[(quoted[0] & 0x0F) * 4:]
+    return internet_checksum(pseudo_header(quoted[12:16], quoted[16:20], 6, len(segment)) + segment) == 0
 
 
 @pytest.mark.parametrize("quoted", ["8 bytes", "header", "whole"])

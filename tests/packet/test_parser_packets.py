@@ -126,7 +126,8 @@ CASES = [
      / IPv6ExtHdrFragment() / TCP(dport=80), "XDP_TX", "XDP_TX", None),
     ("IPv6 TCP/22 behind destination options", E / IPv6(src=C6, dst=S6) / IPv6ExtHdrDestOpt() / TCP(dport=22),
      "XDP_DROP", "XDP_DROP", None),
-    ("IPv6 TCP/80 behind AH", E / IPv6(src=C6, dst=S6, nh=51) / Raw(AH + tcp()), "XDP_TX", "XDP_TX", None),
+    ("IPv6 AH is the protocol, as nftables sees it: no rule allows 51",
+     E / IPv6(src=C6, dst=S6, nh=51) / Raw(AH + tcp()), "XDP_DROP", "XDP_TX", None),
     ("IPv6 echo behind hop-by-hop", E / IPv6(src=C6, dst=S6) / IPv6ExtHdrHopByHop() / ICMPv6EchoRequest(),
      "XDP_TX", "XDP_TX", None),
     ("IPv6 TCP/22 behind eight extension headers: all walked",
@@ -199,6 +200,33 @@ def test_later_fragments_follow_their_first(chains):
         changed = delta(before, dep.stats())
         assert changed["fw"][hit] == 2 and changed[ENTRY].get("unparsed_later_fragment") == 1
         assert not any(k.startswith("drop_unparsed") for k in changed["fw"])
+
+
+def test_a_second_first_fragment_cannot_replace_a_dropped_one(chains):
+    """tcp/22's first fragment is dropped; an offset-0 fragment of the same
+    datagram with tcp/80 would be the only one the host sees, and be reassembled
+    with the later ones: dropped too, and so are the later ones."""
+    for dep in chains:
+        before = dep.stats()
+        assert dep.run(ipv4(tcp(22) + bytes(16), frag=0x2000, ident=701)).action == "XDP_DROP"
+        assert dep.run(ipv4(tcp(80) + bytes(16), frag=0x2000, ident=701)).action == "XDP_DROP"
+        assert dep.run(ipv4(bytes(16), frag=5, ident=701)).action == "XDP_DROP"
+        assert delta(before, dep.stats())["fw"]["drop_fragment"] == 1
+
+
+def test_an_orphan_later_fragment_condemns_its_datagram(chains):
+    """A later fragment that comes before its first is dropped; its first must
+    not then bring a datagram the host could only build without it (the
+    kernel's reassembly discards overlapping pieces, so the host behind
+    nftables would have dropped the whole datagram)."""
+    strict, _ = chains
+    before = strict.stats()
+    assert strict.run(ipv4(bytes(16), frag=1 << 13 | 1, ident=801, proto=17)).action == "XDP_DROP"
+    first = ipv4(bytes(UDP(dport=53, len=40)) + bytes(8), frag=0x2000, ident=801, proto=17)
+    assert strict.run(first).action == "XDP_DROP"
+    changed = delta(before, strict.stats())["fw"]
+    assert changed["drop_unparsed_later_fragment"] == 1 and changed["drop_fragment"] == 1
+    assert "rule1_hits" not in changed
 
 
 def test_a_fragment_of_another_datagram_does_not_follow(chains):

@@ -34,8 +34,8 @@ UNPARSED_HELP: dict[str, str] = {
     "ip_header": "IP header cut short, wrong version, or IPv4 IHL < 5",
     "ip_length": "IP length field shorter than the header or longer than the frame "
                  "(or an IPv6 jumbogram)",
-    "ext_headers": "IPv6 extension headers more than the parser walks, cut short, "
-                   "or hop-by-hop not first",
+    "ext_headers": "IPv6 extension headers (hop-by-hop, routing, fragment, destination "
+                   "options) more than the parser walks, cut short, or hop-by-hop not first",
     "source_route": "IPv4 LSRR/SSRR option or IPv6 routing header with segments left "
                     "(the kernel would drop or re-route it)",
     "l4_header": "TCP/UDP/ICMP header cut short or lying (TCP data offset < 5 or past "

@@ -24,7 +24,6 @@ struct vc_frag6_hdr {
 #define VC_IPPROTO_HOPOPTS 0
 #define VC_IPPROTO_ROUTING 43
 #define VC_IPPROTO_FRAGMENT 44
-#define VC_IPPROTO_AH 51
 #define VC_IPPROTO_DSTOPTS 60
 #define VC_IPOPT_LSRR 131
 #define VC_IPOPT_SSRR 137
@@ -148,14 +147,17 @@ static __always_inline __u8 vc_parse_ipv4(struct xdp_md *ctx, struct vc_meta *me
 	return vc_parse_l4(ctx, meta, meta->l3_end);
 }
 
+/* AH is not among them: the kernel hands it to IPsec, which must authenticate
+ * it before anything behind it is delivered, and nftables (ipv6_find_hdr with
+ * IP6_FH_F_AUTH) matches it as the protocol: so does the firewall (proto 51) */
 static __always_inline int vc_ipv6_ext(__u8 next)
 {
 	return next == VC_IPPROTO_HOPOPTS || next == VC_IPPROTO_ROUTING || next == VC_IPPROTO_FRAGMENT ||
-	       next == VC_IPPROTO_AH || next == VC_IPPROTO_DSTOPTS;
+	       next == VC_IPPROTO_DSTOPTS;
 }
 
-/* the extension headers the kernel walks (RFC 8200 4; AH, RFC 4302) up to
- * VC_MAX_EXT_HEADERS of them, then the transport header */
+/* the extension headers the kernel walks before the upper layer (RFC 8200 4),
+ * up to VC_MAX_EXT_HEADERS of them, then the transport header */
 static __always_inline __u8 vc_parse_ipv6(struct xdp_md *ctx, struct vc_meta *meta, __u32 off)
 {
 	struct ipv6hdr *ip6 = vc_at(ctx, off, sizeof(*ip6));
@@ -201,8 +203,6 @@ static __always_inline __u8 vc_parse_ipv6(struct xdp_md *ctx, struct vc_meta *me
 				       VC_UNPARSED_FRAGMENT_OVERLAP : VC_UNPARSED_LATER_FRAGMENT;
 			}
 			off += 8;
-		} else if (next == VC_IPPROTO_AH) {
-			off += (h[1] + 2) * 4;
 		} else {
 			if (next == VC_IPPROTO_ROUTING && h[3])   /* segments left */
 				return VC_UNPARSED_SOURCE_ROUTE;
