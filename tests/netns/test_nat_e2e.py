@@ -26,7 +26,7 @@ from pathlib import Path
 import pytest
 
 from tests.nat_impls import IMPLEMENTATIONS, NatImpl
-from tests.testbed_fixtures import TOPOLOGIES, bed_name
+from tests.testbed_fixtures import TOPOLOGIES, bed_name, echoes
 from vnfchain.testbed import Testbed, build
 from vnfchain.testbed.netlink import socket_in
 
@@ -181,13 +181,13 @@ def test_a_syn_flood_on_the_port_forward_breaks_no_connection_and_keeps_none_out
     before, carry on; LAN hosts open new connections during and after it."""
     server, flows, rate = nat_bed.addr("server"), 20_000, 5_000
     with contextlib.ExitStack() as stack:
-        echoes = []
+        held = []
         for i in range(20):
             sock = stack.enter_context(socket_in(nat_bed.netns("lan1"), socket.AF_INET, socket.SOCK_STREAM))
             sock.settimeout(3)
             sock.connect((server, 7))
-            assert _echo(sock, f"before {i}\n".encode())
-            echoes.append(sock)
+            assert echoes(sock, f"before {i}\n".encode())
+            held.append(sock)
         size = 2_000_000
         downloads = {url: stack.enter_context(_download(nat_bed, host, url))
                      for host, url in (("lan1", f"http://{server}/download?size={size}&seconds=7"),
@@ -201,8 +201,8 @@ def test_a_syn_flood_on_the_port_forward_breaks_no_connection_and_keeps_none_out
         assert flood.returncode == 0 and json.loads(flood.stdout.read())["flows"] == flows
         assert len(during) >= 3 and all(a.ok and a.body == "server\n" for a in during), during
 
-        for i, sock in enumerate(echoes):
-            assert _echo(sock, f"after {i}\n".encode()), f"echo connection {i} broke"
+        for i, sock in enumerate(held):
+            assert echoes(sock, f"after {i}\n".encode()), f"echo connection {i} broke"
         for url, download in downloads.items():
             body, err = download.communicate(timeout=20)
             assert download.returncode == 0 and len(body) == size, f"{url}: {err.decode()}"
@@ -337,17 +337,6 @@ def _echo_replies(sock: socket.socket, ident: int, timeout: float) -> list[tuple
         if kind == 0 and got_ident == ident:
             found.append((seq, payload))
     return found
-
-
-def _echo(sock: socket.socket, token: bytes) -> bool:
-    try:
-        sock.sendall(token)
-        got = b""
-        while len(got) < len(token) and (data := sock.recv(len(token) - len(got))):
-            got += data
-        return got == token
-    except OSError:
-        return False
 
 
 @contextlib.contextmanager

@@ -82,7 +82,7 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 
 from ..lb import maglev
-from .base import FunctionType, MapSpec, Params, headroom, write_array
+from .base import FunctionType, MapSpec, Params, headroom, max_unconfirmed_field, unconfirmed_room, write_array
 
 PROTOS = {"tcp": 6, "udp": 17}
 MODES = {"nat": 0, "dsr": 1, "ipip": 2}
@@ -156,10 +156,8 @@ class LbParams(Params):
                                        "flow makes room)")
     idle_timeout: int = Field(300, ge=1, le=31_536_000,
                               description="seconds a flow keeps its backend while idle (up to a year)")
-    max_unconfirmed: int | None = Field(
-        None, ge=16, le=1_048_576,
-        description="unconfirmed flows (half-open TCP, unanswered UDP) held apart from the connection "
-                    "table; the oldest is evicted for a new one (default: max_flows / 4, at least 16)")
+    max_unconfirmed: int | None = max_unconfirmed_field(
+        "unconfirmed flows (half-open TCP, unanswered UDP) held apart from the connection table")
     unconfirmed_timeout: int = Field(30, ge=1, le=31_536_000,
                                      description="seconds an idle unconfirmed flow keeps its backend "
                                                  "(at most idle_timeout)")
@@ -176,10 +174,6 @@ class LbParams(Params):
             raise ValueError(f"table_size {v} is not prime; Maglev needs a prime such as 65537, "
                              f"{_next_prime(v)} or 251")
         return v
-
-    @property
-    def unconfirmed_size(self) -> int:
-        return self.max_unconfirmed or max(16, self.max_flows // 4)
 
     @model_validator(mode="after")
     def _check(self):
@@ -218,10 +212,10 @@ class LoadBalancer(FunctionType):
             MapSpec("flows", "lru_hash", params.max_flows, "connection table: client flow -> backend"),
             MapSpec("rev", "lru_hash", 2 * params.max_flows, "nat mode: backend reply -> VIP and port"),
             # room for flows other CPUs are inserting while the ring evicts
-            MapSpec("pending", "hash", params.unconfirmed_size + 64, "unconfirmed flows -> backend"),
-            MapSpec("pending_rev", "hash", params.unconfirmed_size + 64,
+            MapSpec("pending", "hash", unconfirmed_room(params) + 64, "unconfirmed flows -> backend"),
+            MapSpec("pending_rev", "hash", unconfirmed_room(params) + 64,
                     "nat mode: an unconfirmed flow's backend reply -> VIP and port"),
-            MapSpec("newring", "array", params.unconfirmed_size,
+            MapSpec("newring", "array", unconfirmed_room(params),
                     "unconfirmed flows in arrival order: the next slot's flow is evicted"),
             MapSpec("newcursor", "array", 1, "next slot of the unconfirmed ring"),
             MapSpec("counts", "percpu_array", 8, "function counters"),
@@ -231,7 +225,7 @@ class LoadBalancer(FunctionType):
         svcs, backends = _caps(params)
         return {"table_size": params.table_size, "idle_timeout": params.idle_timeout,
                 "unconfirmed_timeout": min(params.unconfirmed_timeout, params.idle_timeout),
-                "max_unconfirmed": params.unconfirmed_size, "counts": COUNTS,
+                "max_unconfirmed": unconfirmed_room(params), "counts": COUNTS,
                 "shape": f"{svcs}x{backends}x{params.table_size}"}
 
     def populate(self, tables, params, ctx):

@@ -55,7 +55,7 @@ from pydantic import Field, field_validator
 
 from ..errors import DeployError
 from ..names import InterfaceName
-from .base import FunctionType, MapSpec, Params, headroom, replace_contents
+from .base import FunctionType, MapSpec, Params, headroom, max_unconfirmed_field, replace_contents, unconfirmed_room
 
 
 class SnatRule(Params):
@@ -104,17 +104,11 @@ class NatParams(Params):
     timeouts: NatTimeouts = Field(NatTimeouts(), description="idle timeouts, in seconds")
     max_flows: int = Field(65536, ge=16, le=4_194_304,
                            description="confirmed flows the table holds; when full, new flows stay unconfirmed")
-    max_unconfirmed: int | None = Field(
-        None, ge=16, le=1_048_576,
-        description="unconfirmed flows each side (inside, port forwards) holds; its oldest is evicted for a "
-                    "new one (default: max_flows / 4, at least 16)")
+    max_unconfirmed: int | None = max_unconfirmed_field(
+        "unconfirmed flows each side (inside, port forwards) holds")
     untranslatable: Literal["drop", "pass"] = Field(
         "drop", description="what an snat network sends out that cannot be translated (GRE, ESP, SCTP, ICMP "
                             "but echo and errors): drop, or pass with its inside address")
-
-    @property
-    def unconfirmed_size(self) -> int:
-        return self.max_unconfirmed or max(16, self.max_flows // 4)
 
 
 PROTOS = {"tcp": 6, "udp": 17, "icmp": 1}
@@ -134,7 +128,7 @@ class Nat(FunctionType):
     reasons = ("nat_table_full", "nat_ports_exhausted", "nat_fragment", "nat_untranslatable")
 
     def maps(self, params):
-        unconfirmed = params.unconfirmed_size
+        unconfirmed = unconfirmed_room(params)
         # both sides' rings, and room for flows other CPUs are inserting while a ring evicts
         pending = 2 * unconfirmed + 128
         return [
@@ -158,7 +152,7 @@ class Nat(FunctionType):
 
     def template_vars(self, params, ctx):
         t = params.timeouts
-        return {"timeouts": t, "max_unconfirmed": params.unconfirmed_size, "counts": COUNTS,
+        return {"timeouts": t, "max_unconfirmed": unconfirmed_room(params), "counts": COUNTS,
                 "unconfirmed": {proto: _timeout(t, PROTOS[proto], 0, unconfirmed=True) for proto in PROTOS}}
 
     def preflight(self, params, ctx):
