@@ -32,14 +32,42 @@ def pseudo_header(src: bytes, dst: bytes, proto: int, length: int) -> bytes:
     return src + dst + struct.pack("!I3xB", length, proto)
 
 
-def with_checksum(data: bytes, at: int, pseudo: bytes = b"", udp: bool = False) -> bytes:
-    """``data`` with the Internet checksum of ``pseudo + data`` written at byte ``at``
-    (a UDP checksum of 0 is sent as 0xffff: 0 would mean "none")."""
-    blob = pseudo + data + (b"\0" if len(data) % 2 else b"")
+def internet_checksum(data: bytes) -> int:
+    """RFC 1071 over data: 0 when data holds a valid checksum."""
+    blob = data + (b"\0" if len(data) % 2 else b"")
     total = sum(struct.unpack(f"!{len(blob) // 2}H", blob))
     while total >> 16:
         total = (total & 0xffff) + (total >> 16)
-    csum = ~total & 0xffff
+    return ~total & 0xffff
+
+
+def with_checksum(data: bytes, at: int, pseudo: bytes = b"", udp: bool = False) -> bytes:
+    """``data`` with the Internet checksum of ``pseudo + data`` written at byte ``at``
+    (a UDP checksum of 0 is sent as 0xffff: 0 would mean "none")."""
+    csum = internet_checksum(pseudo + data)
     if udp and csum == 0:
         csum = 0xffff
     return data[:at] + struct.pack("!H", csum) + data[at + 2:]
+
+
+def spoofed_syns(count: int, dst: str, dport: int, seed: int = 1) -> list[bytes]:
+    """``count`` TCP SYN frames to dst:dport from random sources in
+    198.19.0.0/16 (benchmarking range, routed nowhere) and random ports, each
+    a distinct flow with valid checksums: a spoofed SYN flood."""
+    import ipaddress
+    import random
+
+    rng = random.Random(seed)
+    daddr = ipaddress.IPv4Address(dst).packed
+    frames, seen = [], set()
+    while len(frames) < count:
+        saddr = bytes([198, 19, rng.randrange(256), rng.randrange(1, 255)])
+        sport = rng.randrange(1024, 65536)
+        if (saddr, sport) in seen:
+            continue
+        seen.add((saddr, sport))
+        tcp = struct.pack("!HHIIBBHHH", sport, dport, rng.getrandbits(32), 0, 5 << 4, 0x02, 64240, 0, 0)
+        tcp = with_checksum(tcp, 16, pseudo_header(saddr, daddr, 6, len(tcp)))
+        ip = with_checksum(struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(tcp), 0, 0, 64, 6, 0, saddr, daddr), 10)
+        frames.append(bytes.fromhex("020000000101" "020000000102" "0800") + ip + tcp)
+    return frames

@@ -35,13 +35,18 @@ The interface a NAT implementation provides (``NatImpl``)
 ``set_udp_timeout(seconds)``     idle time after which a UDP mapping expires, for
                                  mappings made from now on; ``teardown`` restores the
                                  default.
+``unconfirmed_limit``            how many unconfirmed flows (half-open TCP, unanswered
+                                 UDP) it holds before it evicts one.
+``evicted() -> int``             unconfirmed flows evicted for new ones so far.
 
 The vnfchain implementation (``ChainNat``, added with the NAT function) deploys a
 chain ``nat -> forward`` attached to ``dut-lan`` and ``dut-wan`` in the dut's
 namespace (``Chain.from_yaml_text(...).deploy()``), with ``outside: dut-wan``,
 ``snat: [{src: 198.18.1.0/24, to: masquerade}]`` (``to: <snat_to>`` when that is
 not dut-wan's address) and ``dnat: [{proto: tcp, port, to, to_port}]`` from
-``port_forward``; ``teardown`` is ``undeploy()`` (pins and maps go with it).
+``port_forward``, and small tables (``max_flows: 4096``, ``max_unconfirmed:
+1024``) so that a flood test's spoofed SYNs are many times what they hold;
+``teardown`` is ``undeploy()`` (pins and maps go with it).
 ``translations`` turns the rows of ``Deployment.state()["nat"]`` (proto, inside,
 translated, remote, state, idle) into ``Translation``s, leaving out rows idle
 longer than their protocol's timeout (expired, not yet reclaimed); a row is
@@ -99,6 +104,11 @@ class NatImpl(Protocol):
     def translations(self) -> list[Translation]: ...
 
     def set_udp_timeout(self, seconds: float) -> None: ...
+
+    @property
+    def unconfirmed_limit(self) -> int: ...
+
+    def evicted(self) -> int: ...
 
 
 # --- nftables: the oracle ------------------------------------------------------------
@@ -170,6 +180,17 @@ class NftNat:
                 self._saved_sysctls[key] = self.bed.exec("dut", ["sysctl", "-n", key], check=True).stdout.strip()
             self.bed.exec("dut", ["sysctl", "-q", "-w", f"{key}={max(1, round(seconds))}"], check=True)
 
+    @property
+    def unconfirmed_limit(self) -> int:
+        """conntrack evicts only when its whole table is full (early drop)."""
+        return int(self.bed.exec("dut", ["cat", "/proc/sys/net/netfilter/nf_conntrack_max"], check=True).stdout)
+
+    def evicted(self) -> int:
+        """early_drop, summed over the CPUs' rows of the namespace's conntrack statistics."""
+        header, *rows = self.bed.exec("dut", ["cat", "/proc/net/stat/nf_conntrack"], check=True).stdout.split("\n")
+        column = header.split().index("early_drop")
+        return sum(int(row.split()[column], 16) for row in rows if row.strip())
+
     def _nft(self, script: str) -> None:
         proc = self.bed.exec("dut", ["nft", "-f", "-"], input=script)
         if proc.returncode != 0:
@@ -180,6 +201,7 @@ class ChainNat:
     """vnfchain's XDP NAT: a chain nat -> forward on the dut (see the module docstring)."""
 
     name = "vnfchain"
+    MAX_FLOWS, MAX_UNCONFIRMED = 4096, 1024
 
     def __init__(self):
         self.bed = self.dep = None
@@ -213,6 +235,8 @@ class ChainNat:
             f"    snat: [{{src: 198.18.1.0/24, to: {to_addr}}}]",
             f"    dnat: [{{proto: tcp, port: {port}, to: {to}, to_port: {to_port}}}]",
             f"    timeouts: {{udp: {self.udp_timeout}}}",
+            f"    max_flows: {self.MAX_FLOWS}",
+            f"    max_unconfirmed: {self.MAX_UNCONFIRMED}",
             "    next: out",
             "  out: {type: forward}",
         ]) + "\n"
@@ -239,6 +263,13 @@ class ChainNat:
     def set_udp_timeout(self, seconds: float) -> None:
         self.udp_timeout = max(1, round(seconds))
         self._deploy()   # same name: a live change; the pinned flow table stays
+
+    @property
+    def unconfirmed_limit(self) -> int:
+        return self.MAX_UNCONFIRMED
+
+    def evicted(self) -> int:
+        return self.dep.stats()["nat"]["evicted_unconfirmed"]
 
 
 IMPLEMENTATIONS: dict[str, type[NatImpl]] = {NftNat.name: NftNat, ChainNat.name: ChainNat}

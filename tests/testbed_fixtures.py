@@ -14,6 +14,7 @@ with another test run; ``leftovers(name)`` lists anything a bed left behind.
 from __future__ import annotations
 
 import os
+import socket
 from pathlib import Path
 
 import pytest
@@ -40,6 +41,18 @@ def leftovers(name: str, pids=()) -> list[str]:
         found.append(f"record {record_path(name)}")
     found += [f"process {p['pid']}" for p in pids if services.is_running(p["pid"], p["start_time"])]
     return found
+
+
+def echoes(sock: socket.socket, token: bytes) -> bool:
+    """Does a connected socket to a tcp-echo service send ``token`` back whole?"""
+    try:
+        sock.sendall(token)
+        got = b""
+        while len(got) < len(token) and (data := sock.recv(len(token) - len(got))):
+            got += data
+        return got == token
+    except OSError:
+        return False
 
 
 def _need_root():

@@ -16,7 +16,7 @@ from collections import Counter
 import pytest
 import yaml
 
-from tests.testbed_fixtures import TOPOLOGIES, bed_name
+from tests.testbed_fixtures import TOPOLOGIES, bed_name, echoes
 from vnfchain import Chain
 from vnfchain.chain import deploy as deploy_mod
 from vnfchain.testbed import Testbed, build
@@ -95,17 +95,6 @@ def test_300_requests_spread_by_weight(lb_bed, lb):
         assert abs(answers[host] / 300 - weight / total) <= 0.10, answers
 
 
-def echo(sock: socket.socket, token: bytes) -> bool:
-    try:
-        sock.sendall(token)
-        got = b""
-        while len(got) < len(token) and (data := sock.recv(len(token) - len(got))):
-            got += data
-        return got == token
-    except OSError:
-        return False
-
-
 def test_removing_a_backend_moves_only_its_connections(lb_bed, lb):
     with contextlib.ExitStack() as stack:
         socks = []
@@ -113,7 +102,7 @@ def test_removing_a_backend_moves_only_its_connections(lb_bed, lb):
             sock = stack.enter_context(socket_in(lb_bed.netns("client1"), socket.AF_INET, socket.SOCK_STREAM))
             sock.settimeout(3)
             sock.connect((VIP, 7))
-            assert echo(sock, f"hello {i}\n".encode())
+            assert echoes(sock, f"hello {i}\n".encode())
             socks.append(sock)
         where = served_by(lb_bed, 7)
         on = {s: where[("198.18.1.11", s.getsockname()[1])] for s in socks}
@@ -122,7 +111,7 @@ def test_removing_a_backend_moves_only_its_connections(lb_bed, lb):
         try:
             lb(echo=backends(without=("be3",)))        # live: be3 leaves the echo service
             for i, sock in enumerate(socks):
-                works = echo(sock, f"again {i}\n".encode())
+                works = echoes(sock, f"again {i}\n".encode())
                 # be3's connections now reach a backend that never saw them (reset)
                 assert works == (on[sock] != "be3"), (i, on[sock])
             assert lb_bed.tcp_echo("client2", VIP, 7, b"new") == b"new"

@@ -4,7 +4,9 @@ srv0 198.18.2.1/24 towards backends, neighbour entries for .11-.13): what a
 Katran-class LB is tested on — non-VIP traffic untouched, VIP traffic rewritten
 with valid checksums, replies translated back, fragments and IP options by the
 stated policy, the connection table, ICMP to the VIP, weights over many flows,
-DSR and IPIP output bytes."""
+DSR and IPIP output bytes; how a flow is confirmed, and that a flood of spoofed
+SYNs pushes no established flow out of the connection table (where a backend
+change would move it) in any mode."""
 from __future__ import annotations
 
 import os
@@ -16,9 +18,14 @@ from scapy.layers.inet import ICMP, IP, TCP, UDP, IPOption_RR
 from scapy.layers.inet6 import ICMPv6EchoReply, ICMPv6EchoRequest, IPv6, IPv6ExtHdrFragment
 from scapy.layers.l2 import Ether
 
-from tests.chain_fixtures import MODES, delta
-from tests.frames import checksums_valid, eth
+import yaml
+
+from tests.chain_fixtures import MODES, chain_name, delta
+from tests.frames import checksums_valid, eth, spoofed_syns
 from tests.scratch_netns import scratch_netns
+from vnfchain import Chain
+from vnfchain.chain import deploy as deploy_mod
+from vnfchain.testrun import call_in_netns, run_xdp
 
 pytestmark = pytest.mark.root
 
@@ -254,3 +261,101 @@ def test_ipv6_echo_fragments_dsr_and_ipip(lb):
     assert (outer.src, outer.dst, outer.nh, outer.plen) == ("2001:db8:2::1", "2001:db8:2::13", 41, len(frame) - 14)
     assert out.packet.dst == BACKEND6_MACS["2001:db8:2::13"]
     assert out.data[14 + 40:] == bytes(frame)[14:]      # the inner packet, byte for byte
+
+
+def test_a_nat_flow_is_confirmed_by_the_clients_ack_of_the_backends_syn_ack(lb):
+    dep, run = lb
+    before = dep.stats()
+    syn_out = run(syn(11000))
+    backend, port = syn_out.packet[IP].dst, syn_out.packet[TCP].dport
+    run(eth(IP(src=backend, dst=CLIENT) / TCP(sport=port, dport=11000, flags="SA", seq=500, ack=1)), "srv0")
+    run(syn(11000, flags="A"))                        # a blind ACK: acknowledges nothing we saw
+    assert "confirmed_flows" not in delta(before, dep.stats())["lb"]
+    ack = eth(IP(src=CLIENT, dst=VIP) / TCP(sport=11000, dport=80, flags="A", seq=1, ack=501))
+    assert run(ack).packet[IP].dst == backend
+    counted = delta(before, dep.stats())["lb"]
+    assert counted["confirmed_flows"] == 1 and counted["new_flows"] == 1 and counted["table_hits"] == 2
+    reply = run(eth(IP(src=backend, dst=CLIENT) / TCP(sport=port, dport=11000, flags="A", seq=501, ack=1)), "srv0")
+    assert (reply.packet[IP].src, reply.packet[TCP].sport) == (VIP, 80)     # from the connection's reply table
+
+
+B1, B2, B3 = "198.18.2.11", "198.18.2.12", "198.18.2.13"
+MAC_OWNER = {mac: ip for ip, mac in BACKEND_MACS.items()}
+FLOOD_SERVICES = {"nat": VIP, "dsr": VIP_DSR, "ipip": VIP_IPIP}
+
+
+def flood_chain(name, mode, backends):
+    return yaml.safe_dump({"name": name, "mode": mode, "functions": {"lb": {
+        "type": "loadbalancer", "table_size": 251, "max_flows": 1024, "max_unconfirmed": 16,
+        "encap_src": "198.18.2.1",
+        "services": [{"vip": vip, "port": 80, "mode": lb_mode, "backends": [{"ip": b} for b in backends]}
+                     for lb_mode, vip in FLOOD_SERVICES.items()]}}})
+
+
+def backend_of(out, lb_mode):
+    """The backend a balanced frame goes to: rewritten destination (nat), MAC (dsr), outer header (ipip)."""
+    assert out.action in ("XDP_PASS", "XDP_REDIRECT"), out.action
+    return MAC_OWNER[out.packet.dst] if lb_mode == "dsr" else out.packet[IP].dst
+
+
+def establish(run, lb_mode, vip, sport):
+    """A client connection through the LB, handshake done: its backend."""
+    out = run(syn(sport, dst=vip))
+    backend = backend_of(out, lb_mode)
+    isn = 1000 + sport
+    if lb_mode == "nat":            # the backend's SYN-ACK comes back through the chain
+        run(eth(IP(src=backend, dst=CLIENT) / TCP(sport=80, dport=sport, flags="SA", seq=isn, ack=1)), "srv0")
+    ack = run(eth(IP(src=CLIENT, dst=vip) / TCP(sport=sport, dport=80, flags="A", seq=1, ack=isn + 1)))
+    assert backend_of(ack, lb_mode) == backend
+    return backend
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_a_syn_flood_pushes_no_flow_onto_another_backend_after_a_backend_change(deployed, netns, mode):
+    ns, index = netns
+    name = chain_name(f"lbflood{mode[0]}")
+
+    def deploy(backends):
+        return Chain.from_yaml_text(flood_chain(name, mode, backends)).deploy(attach=[])
+
+    def run(frame, side="lan0"):
+        return dep.run(frame, ingress_ifindex=index[side], netns=ns)
+
+    try:
+        dep = deploy([B1, B2])
+        flows = {lb_mode: {sport: establish(run, lb_mode, vip, sport) for sport in range(50000, 50060)}
+                 for lb_mode, vip in FLOOD_SERVICES.items()}
+        assert dep.stats()["lb"]["confirmed_flows"] == 180
+        dep = deploy([B1, B2, B3])      # a third of the hash now points at B3 (new config maps: code change)
+        before = dep.stats()
+        fd = dep.entry_fd()
+        try:
+            for lb_mode, vip in FLOOD_SERVICES.items():
+                # >> max_unconfirmed and > max_flows; each SYN retransmitted, as stacks do: in a
+                # plain LRU that second packet would make the spoofed flow outrank idle real ones
+                frames = [f for f in spoofed_syns(3000, vip, 80, seed=len(lb_mode)) for _ in range(2)]
+                actions = call_in_netns(ns, lambda: [run_xdp(fd, f, ingress_ifindex=index["lan0"]).action
+                                                     for f in frames])
+                assert set(actions) == {"XDP_PASS" if lb_mode == "nat" else "XDP_REDIRECT"}, lb_mode
+        finally:
+            os.close(fd)
+        counted = delta(before, dep.stats())["lb"]
+        assert counted["new_flows"] == 9000 and counted["evicted_unconfirmed"] == 9000 - 16
+        assert "confirmed_flows" not in counted
+
+        before = dep.stats()
+        for lb_mode, vip in FLOOD_SERVICES.items():
+            for sport, backend in flows[lb_mode].items():
+                ack = eth(IP(src=CLIENT, dst=vip) / TCP(sport=sport, dport=80, flags="A", seq=1, ack=1))
+                assert backend_of(run(ack), lb_mode) == backend, (lb_mode, sport)
+        counted = delta(before, dep.stats())["lb"]
+        assert counted["table_hits"] == 180 and "moved_flows" not in counted and "new_flows" not in counted
+
+        # and new connections are balanced and confirmed, B3 among their backends
+        before = dep.stats()
+        fresh = {lb_mode: {establish(run, lb_mode, vip, sport) for sport in range(51000, 51030)}
+                 for lb_mode, vip in FLOOD_SERVICES.items()}
+        assert all(B3 in backends for backends in fresh.values()), fresh
+        assert delta(before, dep.stats())["lb"]["confirmed_flows"] == 90
+    finally:
+        deploy_mod.undeploy(name)

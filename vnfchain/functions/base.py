@@ -25,7 +25,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 
 class Params(BaseModel):
@@ -102,6 +102,19 @@ class FunctionType:
     def read_counters(self, maps, params) -> dict[str, int]:
         """Own counters for ``stats``; ``maps.sum_percpu(name, key)`` etc."""
         return {}
+
+
+def max_unconfirmed_field(what: str):
+    """The ``max_unconfirmed`` parameter of a type with a table of unconfirmed
+    flows beside ``max_flows`` (see ``unconfirmed_room``)."""
+    return Field(None, ge=16, le=1_048_576,
+                 description=f"{what}; the oldest is evicted for a new one (default: max_flows / 4, at least 16)")
+
+
+def unconfirmed_room(params) -> int:
+    """How many unconfirmed flows the table holds: ``max_unconfirmed``, or a
+    quarter of ``max_flows``."""
+    return params.max_unconfirmed or max(16, params.max_flows // 4)
 
 
 def headroom(entries: int, floor: int = 64) -> int:

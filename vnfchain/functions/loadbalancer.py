@@ -24,6 +24,20 @@ Modes, per service:
   (next header 41, the flow's hash in the flow label) from ``encap_src6``;
   the backend decapsulates.
 
+New flows wait *unconfirmed* beside the connection table until the client
+answers: in ``nat`` mode its ACK must acknowledge the backend's SYN-ACK (a
+flow picked up mid-stream: its next packet after a non-RST answer; UDP: after
+a reply), in ``dsr`` and ``ipip`` modes, which see no replies, its next packet
+(TCP: an ACK without SYN). ``max_unconfirmed`` of them are held, the oldest
+evicted for a new one (``evicted_unconfirmed``), each idling out after
+``unconfirmed_timeout``: a flood of spoofed SYNs to a VIP never pushes an
+established flow out of the connection table (where, after a backend change,
+it would be hashed again onto another backend). ``table_hits`` counts packets
+of known flows, confirmed or not. In ``dsr``/``ipip`` mode a blind spoofer
+that sends a SYN and then an ACK confirms its flow; a UDP flow whose client
+sends once stays unconfirmed. Every TCP or UDP packet not to a VIP costs one
+more lookup (the unconfirmed flows' reply table) when a nat-mode service exists.
+
 Live changes to backends, weights, drains, modes and ``encap_src``/
 ``encap_src6``/``icmp_echo`` are map updates (nothing is compiled): a new
 Maglev table is written into the idle half of the service's table and
@@ -40,7 +54,8 @@ whose table share changed since they started are moved).
 
 Memory: the Maglev tables take 2 x (service room) x ``table_size`` x 4 bytes
 (4 services at 65537: 2 MB); the connection table ``max_flows`` x ~90 bytes
-and the nat reply table twice that.
+and the nat reply table twice that; the unconfirmed flows ``max_unconfirmed``
+x ~150 bytes and their reply table ~80 bytes a flow.
 
 ipip specifics: the outer header adds 20 (IPv6: 40) bytes, so mind the MTU
 towards the backends; a backend without a neighbour entry gets the
@@ -67,7 +82,7 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 
 from ..lb import maglev
-from .base import FunctionType, MapSpec, Params, headroom, write_array
+from .base import FunctionType, MapSpec, Params, headroom, max_unconfirmed_field, unconfirmed_room, write_array
 
 PROTOS = {"tcp": 6, "udp": 17}
 MODES = {"nat": 0, "dsr": 1, "ipip": 2}
@@ -82,7 +97,9 @@ SVC = struct.Struct("<IBBH")             # struct svc: id, version, mode
 BACKEND = struct.Struct("<16s2sBxI")     # struct backend: addr, port, flags, svc
 CFG = struct.Struct("<4sI16s")           # struct cfg: encap_src, has_nat, encap_src6
 U32 = struct.Struct("<I")
-COUNTS = ("new_flows", "table_hits", "moved_flows", "replies", "echo_replies")
+# the function's own counters, in the order of its counts map (rendered into C as <fn>_C_<NAME>)
+COUNTS = ("new_flows", "table_hits", "moved_flows", "replies", "echo_replies", "confirmed_flows",
+          "evicted_unconfirmed")
 
 
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -139,6 +156,11 @@ class LbParams(Params):
                                        "flow makes room)")
     idle_timeout: int = Field(300, ge=1, le=31_536_000,
                               description="seconds a flow keeps its backend while idle (up to a year)")
+    max_unconfirmed: int | None = max_unconfirmed_field(
+        "unconfirmed flows (half-open TCP, unanswered UDP) held apart from the connection table")
+    unconfirmed_timeout: int = Field(30, ge=1, le=31_536_000,
+                                     description="seconds an idle unconfirmed flow keeps its backend "
+                                                 "(at most idle_timeout)")
     encap_src: ipaddress.IPv4Address | None = Field(
         None, description="outer source address of IPv4 ipip services (required by them)")
     encap_src6: ipaddress.IPv6Address | None = Field(
@@ -189,12 +211,21 @@ class LoadBalancer(FunctionType):
             MapSpec("bstats", "percpu_array", backends, "packets, bytes, new flows per backend"),
             MapSpec("flows", "lru_hash", params.max_flows, "connection table: client flow -> backend"),
             MapSpec("rev", "lru_hash", 2 * params.max_flows, "nat mode: backend reply -> VIP and port"),
+            # room for flows other CPUs are inserting while the ring evicts
+            MapSpec("pending", "hash", unconfirmed_room(params) + 64, "unconfirmed flows -> backend"),
+            MapSpec("pending_rev", "hash", unconfirmed_room(params) + 64,
+                    "nat mode: an unconfirmed flow's backend reply -> VIP and port"),
+            MapSpec("newring", "array", unconfirmed_room(params),
+                    "unconfirmed flows in arrival order: the next slot's flow is evicted"),
+            MapSpec("newcursor", "array", 1, "next slot of the unconfirmed ring"),
             MapSpec("counts", "percpu_array", 8, "function counters"),
         ]
 
     def template_vars(self, params, ctx):
         svcs, backends = _caps(params)
         return {"table_size": params.table_size, "idle_timeout": params.idle_timeout,
+                "unconfirmed_timeout": min(params.unconfirmed_timeout, params.idle_timeout),
+                "max_unconfirmed": unconfirmed_room(params), "counts": COUNTS,
                 "shape": f"{svcs}x{backends}x{params.table_size}"}
 
     def populate(self, tables, params, ctx):

@@ -4,19 +4,45 @@ Packets from an ``snat`` network that the kernel's FIB sends out of the
 ``outside`` interface leave with the rule's address (``masquerade``: the
 outside interface's own) and a port from its range; ICMP echo gets its
 identifier translated. Packets arriving on ``outside`` for a ``dnat`` rule are
-sent to the inside address and port. Replies are translated back, checksums
+sent to the inside address and port. Replies are translated back, and so are
+ICMP errors about a flow (the quoted packet too: addresses, ports, the quoted
+IP, UDP and TCP checksums when the error carries them); checksums are
 updated incrementally. The chain must be attached to the inside and outside
 interfaces: direction comes from the ingress interface.
 
-State is two pinned hash maps (the inside and the outside view of each flow),
-with per-protocol timeouts. Expired flows are reclaimed when their packets
-come back, and by a sweep: each new flow enters a ring of recent flows and
-reclaims the expired ones it passes there. A full table drops new flows with the reason
-``nat_table_full``; when no port of the range is free for a destination,
-``nat_ports_exhausted``. A mapping whose halves disagree is never used. Later
-IP fragments carry no ports, so those that would need source NAT are dropped
-(``nat_fragment``) rather than leak the inside address; a port forward opens
-only on a TCP SYN (or any UDP datagram).
+Nothing leaves with an inside address it did not translate: what an ``snat``
+network sends out of ``outside`` that the NAT cannot translate (protocols
+other than TCP, UDP and ICMP; ICMP other than echo requests and errors about
+a known flow) is dropped as ``nat_untranslatable``. ``untranslatable: pass``
+lets it leave as it is, with the inside address: only for outside networks
+that route the inside addresses back (then the NAT is not what hides them).
+Later IP fragments carry no ports, so those that would need source NAT are
+dropped (``nat_fragment``) in any case.
+
+State. A new flow starts *unconfirmed*. Each side (flows opened from the
+inside, flows opened through a port forward) holds ``max_unconfirmed`` of
+them; a new flow evicts its side's oldest (counted as ``evicted_unconfirmed``;
+its port is free again), as nf_conntrack's early drop. A flow is *confirmed* and moves to the main table
+(``max_flows``) when its opener answers the reply: for TCP the handshake's
+ACK, which must acknowledge the responder's SYN-ACK (a spoofer that never saw
+it cannot), for UDP and ICMP echo the opener's next packet after a reply. So a
+flood of spoofed SYNs or datagrams to a port forward only churns the
+port forward's unconfirmed flows: confirmed flows keep their mappings, and new
+flows from the inside are not touched. An unconfirmed flow idles out after
+``timeouts.unconfirmed`` (or its protocol's timeout, if shorter). A UDP flow
+whose opener never sends again after the first answer (a one-shot DNS query;
+a stream the opener never acknowledges) stays unconfirmed: it works, but is
+evicted once ``max_unconfirmed`` newer flows from its side came after it. When the main
+table is full of live flows, a confirmed flow stays unconfirmed and is counted
+(``table_full``); no flow is dropped for room. A blind spoofer can still
+confirm UDP flows through a port forward by sending twice.
+
+Expired confirmed flows are reclaimed when their packets come back, and by a
+sweep: each flow entering the main table enters a ring of recent flows and
+reclaims the expired ones it passes there. When no port of the range is free
+for a destination, new flows are dropped (``nat_ports_exhausted``). A mapping
+whose halves disagree is never used. A port forward opens only on a TCP SYN
+(or any UDP datagram).
 """
 from __future__ import annotations
 
@@ -29,7 +55,7 @@ from pydantic import Field, field_validator
 
 from ..errors import DeployError
 from ..names import InterfaceName
-from .base import FunctionType, MapSpec, Params, headroom, replace_contents
+from .base import FunctionType, MapSpec, Params, headroom, max_unconfirmed_field, replace_contents, unconfirmed_room
 
 
 class SnatRule(Params):
@@ -63,9 +89,12 @@ class DnatRule(Params):
 
 class NatTimeouts(Params):
     tcp_established: int = Field(3600, ge=1, description="seconds an idle established TCP mapping is kept")
-    tcp_transitory: int = Field(120, ge=1, description="seconds for TCP not yet answered, or closing")
+    tcp_transitory: int = Field(120, ge=1, description="seconds for closing TCP (FIN or RST seen); caps "
+                                                       "unconfirmed TCP too")
     udp: int = Field(30, ge=1, description="seconds an idle UDP mapping is kept")
     icmp: int = Field(30, ge=1, description="seconds an idle ICMP echo mapping is kept")
+    unconfirmed: int = Field(30, ge=1, description="seconds an idle unconfirmed flow (half-open TCP, "
+                                                   "unanswered UDP) is kept, if shorter than its protocol's")
 
 
 class NatParams(Params):
@@ -73,36 +102,58 @@ class NatParams(Params):
     snat: list[SnatRule] = Field([], description="source NAT: [{src, to, ports}]")
     dnat: list[DnatRule] = Field([], description="port forwards: [{proto, port, to, to_port, address}]")
     timeouts: NatTimeouts = Field(NatTimeouts(), description="idle timeouts, in seconds")
-    max_flows: int = Field(65536, ge=16, le=4_194_304, description="flows the table holds; more are dropped")
+    max_flows: int = Field(65536, ge=16, le=4_194_304,
+                           description="confirmed flows the table holds; when full, new flows stay unconfirmed")
+    max_unconfirmed: int | None = max_unconfirmed_field(
+        "unconfirmed flows each side (inside, port forwards) holds")
+    untranslatable: Literal["drop", "pass"] = Field(
+        "drop", description="what an snat network sends out that cannot be translated (GRE, ESP, SCTP, ICMP "
+                            "but echo and errors): drop, or pass with its inside address")
 
 
 PROTOS = {"tcp": 6, "udp": 17, "icmp": 1}
 TUPLE = struct.Struct("<4s4s2s2sB3x")        # struct nat_tuple, fields in network order
-MAPPING = struct.Struct("<Q4s2sBx")         # struct nat_mapping
-STATES = {0: "new", 1: "established", 2: "closing"}
+MAPPING = struct.Struct("<Q4s2sBx")         # struct nat_mapping (the first 16 bytes of struct nat_pending)
+STATES = {0: "unconfirmed", 1: "established", 2: "closing", 3: "replied"}
+# the function's own counters, in the order of its counts map (rendered into C as <fn>_C_<NAME>)
+COUNTS = ("new_snat_flows", "new_port_forward_flows", "confirmed_flows", "evicted_unconfirmed", "table_full")
+# where flows live (by their inside views): confirmed, unconfirmed
+TABLES = ("out", "new_out")
 
 
 class Nat(FunctionType):
     name = "nat"
     summary = "SNAT/masquerade and DNAT/port forwarding with per-flow state (IPv4 TCP, UDP, ICMP echo)"
     Params = NatParams
-    reasons = ("nat_table_full", "nat_ports_exhausted", "nat_fragment")
+    reasons = ("nat_table_full", "nat_ports_exhausted", "nat_fragment", "nat_untranslatable")
 
     def maps(self, params):
+        unconfirmed = unconfirmed_room(params)
+        # both sides' rings, and room for flows other CPUs are inserting while a ring evicts
+        pending = 2 * unconfirmed + 128
         return [
-            MapSpec("cfg", "array", 1, "outside ifindex"),
+            MapSpec("cfg", "array", 1, "outside ifindex, untranslatable policy"),
             MapSpec("snat", "lpm_trie", headroom(sum(len(_nets(r)) for r in params.snat) + 1, 16),
                     "inside network -> address and port range"),
             MapSpec("dnat", "hash", headroom(len(params.dnat) + 1, 16), "outside address:port -> inside"),
-            MapSpec("out", "hash", params.max_flows, "flows by their inside view"),
-            MapSpec("in", "hash", params.max_flows, "flows by their outside view"),
+            MapSpec("out", "hash", params.max_flows, "confirmed flows by their inside view"),
+            MapSpec("in", "hash", params.max_flows, "confirmed flows by their outside view"),
+            MapSpec("new_out", "hash", pending, "unconfirmed flows by their inside view"),
+            MapSpec("new_in", "hash", pending, "unconfirmed flows by their outside view"),
+            MapSpec("newring", "array", 2 * unconfirmed,
+                    "unconfirmed flows opened from each side in arrival order: the next slot's flow is evicted"),
+            MapSpec("newcursor", "array", 2, "next slot of each side's unconfirmed ring"),
             MapSpec("ring", "array", 2 * params.max_flows,
-                    "recent flows, swept for expired ones as new ones come (twice the table: half is always free)"),
+                    "recent confirmed flows, swept for expired ones as new ones come (twice the table: "
+                    "half is always free)"),
             MapSpec("cursor", "array", 1, "next ring slot"),
+            MapSpec("counts", "percpu_array", 8, "function counters"),
         ]
 
     def template_vars(self, params, ctx):
-        return {"timeouts": params.timeouts}
+        t = params.timeouts
+        return {"timeouts": t, "max_unconfirmed": unconfirmed_room(params), "counts": COUNTS,
+                "unconfirmed": {proto: _timeout(t, PROTOS[proto], 0, unconfirmed=True) for proto in PROTOS}}
 
     def preflight(self, params, ctx):
         self._outside(params, ctx)
@@ -121,6 +172,7 @@ class Nat(FunctionType):
         cfg = tables["cfg"]
         value = cfg[cfg.Key(0)]
         value.outside_ifindex = outside
+        value.pass_untranslatable = int(params.untranslatable == "pass")
         cfg[cfg.Key(0)] = value
         snat = tables["snat"]
         wanted = []
@@ -148,31 +200,41 @@ class Nat(FunctionType):
         return ipaddress.IPv4Address(found[0])
 
     def read_counters(self, maps, params):
-        return {"translations": len(self.state_rows(maps, params)[1])}
+        rows = self.state_rows(maps, params)[1]
+        out = {"translations": len(rows),
+               "unconfirmed": sum(r[4] in (STATES[0], STATES[3]) for r in rows)}
+        with maps.open("counts") as counts:
+            for i, name in enumerate(COUNTS):
+                out[name] = sum(counts.sum_u64(i.to_bytes(4, "little")))
+        return out
 
     def state_rows(self, maps, params):
-        """Live translations: expired ones (reclaimed lazily by the data path) are left out."""
+        """Live translations, confirmed and unconfirmed: expired ones (reclaimed
+        lazily by the data path) are left out."""
         now = time.clock_gettime_ns(time.CLOCK_MONOTONIC)   # bpf_ktime_get_ns's clock
         rows = []
-        with maps.open("out") as out:
-            for key in out.keys():
-                value = out.lookup(key)
-                if not value:
-                    continue
-                saddr, daddr, sport, dport, proto = TUPLE.unpack(key)
-                last_seen, addr, port, state = MAPPING.unpack(value[0])
-                idle = (now - last_seen) / 1e9
-                if idle > _timeout(params.timeouts, proto, state):
-                    continue
-                name = {6: "tcp", 17: "udp", 1: "icmp"}.get(proto, str(proto))
-                rows.append([name, _endpoint(saddr, sport), _endpoint(addr, port), _endpoint(daddr, dport),
-                             STATES.get(state, str(state)), f"{idle:.0f} s"])
+        for table in TABLES:
+            with maps.open(table) as views:
+                for key in views.keys():
+                    value = views.lookup(key)
+                    if not value:
+                        continue
+                    saddr, daddr, sport, dport, proto = TUPLE.unpack(key)
+                    last_seen, addr, port, state = MAPPING.unpack(value[0][:MAPPING.size])
+                    idle = (now - last_seen) / 1e9
+                    if idle > _timeout(params.timeouts, proto, state, unconfirmed=table != "out"):
+                        continue
+                    name = {6: "tcp", 17: "udp", 1: "icmp"}.get(proto, str(proto))
+                    rows.append([name, _endpoint(saddr, sport), _endpoint(addr, port), _endpoint(daddr, dport),
+                                 STATES.get(state, str(state)), f"{idle:.0f} s"])
         rows.sort()
         return ["proto", "inside", "translated", "remote", "state", "idle"], rows
 
 
-def _timeout(t: NatTimeouts, proto: int, state: int) -> int:
+def _timeout(t: NatTimeouts, proto: int, state: int, unconfirmed: bool = False) -> int:
     """The data path's timeout for a mapping (nat.bpf.c.j2: *_timeout)."""
+    if unconfirmed:
+        return min(t.unconfirmed, t.tcp_transitory if proto == 6 else _timeout(t, proto, state))
     if proto == 6:
         return t.tcp_established if state == 1 else t.tcp_transitory
     return t.udp if proto == 17 else t.icmp
