@@ -106,6 +106,7 @@ WORK = 512                  # match events + (event, content) pairs examined per
 PROTOS = {"tcp": 6, "udp": 17}
 VERDICTS = {"drop": 1, "pass": 2, "alert": 0}   # VC_DROP, VC_PASS, VC_CONTINUE
 LABEL_BASE = 16
+Unreadable = Literal["drop", "match"]
 
 
 class Signature(Params):
@@ -165,6 +166,10 @@ class DpiParams(Params):
                                    "chain is read (the deployed chain keeps the rules as deployed; edit the file "
                                    "and deploy again to change them); given, the file is not read")
     max_scan: int = Field(256, ge=16, le=1500, description="payload bytes scanned per packet")
+    unreadable: Unreadable | dict[Literal["http", "tls", "dns"], Unreadable] = Field(
+        "drop", description="a request whose name cannot be read for sure from its packet (see the limits): "
+        "drop (if a drop rule of its app asks for a name, path or method) or match (as far as it was read); "
+        "one for all apps or per app, e.g. {tls: match}; counted as unreadable_<cause>")
 
     @field_validator("rules_file")
     @classmethod
@@ -185,6 +190,13 @@ class DpiParams(Params):
                 raise ValueError(f"rules_file {path}: {exc.strerror}; check the path "
                                  "(a relative one is relative to the chain file)") from None
         return data
+
+    @property
+    def unreadable_policy(self) -> dict[str, str]:
+        """unreadable for each app (drop where not given per app)."""
+        if isinstance(self.unreadable, str):
+            return {app: self.unreadable for app in l7.KINDS}
+        return {app: self.unreadable.get(app, "drop") for app in l7.KINDS}
 
     @cached_property
     def all_signatures(self) -> tuple[Signature, ...]:
@@ -305,7 +317,7 @@ class Dpi(FunctionType):
     name = "dpi"
     summary = "payload signatures (content, nocase, offset, depth; rules files) in one Aho–Corasick DFA; drop/pass/label/alert"
     Params = DpiParams
-    reasons = ("signature", "app_rule")
+    reasons = ("signature", "app_rule", "app_unreadable")
     pinned_populate = True
 
     def maps(self, params):
@@ -415,7 +427,7 @@ class ConfigWriter:
         maps = sorted(bpfsys.map_info(m.fd)["id"] for m in [*self.maps.values(), *self.l7.values()])
         dump = json.dumps([[s.model_dump(mode="json") for s in self.params.all_signatures],
                            [a.model_dump(mode="json") for a in self.params.apps],
-                           self.params.max_scan, labels, maps], sort_keys=True)
+                           self.params.max_scan, self.params.unreadable_policy, labels, maps], sort_keys=True)
         return int.from_bytes(hashlib.sha256(dump.encode()).digest()[:8], "little")
 
     def write_version(self, v: int) -> None:
@@ -445,7 +457,7 @@ class ConfigWriter:
         unused = bytes(8) + UNUSED.to_bytes(4, "little", signed=True) + bytes(4)
         write_array(maps["sigs"], v * per, sigs + [unused] * (per - len(sigs)))  # clear what a longer list left
         l7_maps.write_version(self.l7, v, params.apps, [_verdict(r, self.ctx) for r in params.apps],
-                              [s.id for s in params.all_signatures])
+                              [s.id for s in params.all_signatures], params.unreadable_policy)
 
 
 def _verdict(rule, ctx) -> int:

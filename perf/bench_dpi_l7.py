@@ -1,0 +1,141 @@
+"""What the dpi function's application parsers cost: the verifier's explored
+instructions for a dpi with app rules (its own program in tail-call mode, the
+whole program in fused mode) and ns/packet through BPF_PROG_TEST_RUN for HTTP
+requests, TLS ClientHellos (real and with the SNI behind many extensions) and
+DNS queries that no rule matches, beside a UDP packet no parser reads; all
+measured interleaved in one run.
+
+    sudo .venv/bin/python perf/bench_dpi_l7.py [--repeat 100000] [--rounds 5] [--before OLD.json]
+
+--before adds the figures of an earlier run (its .json) as a column, e.g. of
+the code before a change. Writes perf/results/dpi-l7.md (and .json).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import ssl
+import statistics
+import sys
+from pathlib import Path
+
+from scapy.layers.dns import DNS, DNSQR
+from scapy.layers.inet import IP, TCP, UDP
+from scapy.layers.l2 import Ether
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from vnfchain import Chain, bpfsys  # noqa: E402
+from results_io import save, stamp  # noqa: E402  (beside this script)
+from vnfchain.dpi.synthetic import client_hello  # noqa: E402
+from vnfchain.testrun import run_xdp  # noqa: E402
+
+# no next: a packet no rule matches ends in XDP_PASS
+CHAIN = """
+name: {name}
+mode: {mode}
+functions:
+  dpi:
+    type: dpi
+    signatures: [{{id: 1, content: "/etc/passwd", action: drop}}]
+    apps:
+      - {{app: http, host: "*.bad.example", action: drop}}
+      - {{app: http, host: admin.example, path: /admin, action: drop}}
+      - {{app: tls, sni: banned.example, action: drop}}
+      - {{app: dns, qname: "*.evil.example", action: drop}}
+"""
+
+BROWSER = ("Host: www.example\r\nUser-Agent: Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like "
+           "Gecko) Chrome/126.0.0.0 Safari/537.36\r\nAccept: text/html,application/xhtml+xml,application/xml;"
+           "q=0.9,image/avif,image/webp,*/*;q=0.8\r\nAccept-Language: en-US,en;q=0.9\r\nAccept-Encoding: "
+           "gzip, deflate\r\nCookie: " + "session=" + "ab" * 150 + "\r\nConnection: keep-alive\r\n\r\n")
+
+
+def python_client_hello(sni: str) -> bytes:
+    context = ssl.create_default_context()
+    out = ssl.MemoryBIO()
+    conn = context.wrap_bio(ssl.MemoryBIO(), out, server_hostname=sni)
+    try:
+        conn.do_handshake()
+    except ssl.SSLWantReadError:
+        pass
+    return out.read()
+
+
+def tcp(payload: bytes, dport: int) -> bytes:
+    return bytes(Ether(src="02:00:00:00:00:01", dst="02:00:00:00:00:02") / IP(src="198.18.1.2", dst="198.18.2.2")
+                 / TCP(sport=40000, dport=dport, flags="PA") / payload)
+
+
+def udp(payload: bytes, dport: int) -> bytes:
+    return bytes(Ether(src="02:00:00:00:00:01", dst="02:00:00:00:00:02") / IP(src="198.18.1.2", dst="198.18.2.2")
+                 / UDP(sport=40000, dport=dport) / payload)
+
+
+PACKETS = {
+    "UDP, no application (64 B)": udp(bytes(64), 9),
+    "HTTP GET as curl sends it (78 B)": tcp(b"GET / HTTP/1.1\r\nHost: www.example\r\nUser-Agent: curl/7.88.1\r\n"
+                                             b"Accept: */*\r\n\r\n", 80),
+    f"HTTP GET as a browser sends it ({len(BROWSER) + 16} B, Host first)": tcp(
+        b"GET / HTTP/1.1\r\n" + BROWSER.encode(), 80),
+    "HTTP GET, Host after 400 B of headers": tcp(b"GET / HTTP/1.1\r\nX-Pad: " + b"p" * 391
+                                                 + b"\r\nHost: www.example\r\n\r\n", 80),
+    "HTTP GET, absolute-form target": tcp(b"GET http://www.example/ HTTP/1.1\r\nHost: www.example\r\n\r\n", 80),
+    "TLS ClientHello of Python's ssl": tcp(python_client_hello("www.example"), 443),
+    "TLS ClientHello, SNI after 30 extensions": tcp(client_hello("www.example", before=30), 443),
+    "TLS ClientHello, SNI after 300 extensions": tcp(client_hello("www.example", before=300), 443),
+    "DNS query": udp(bytes(DNS(rd=1, qd=DNSQR(qname="www.example"))), 53),
+}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--repeat", type=int, default=100_000)
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--before", type=Path, help="an earlier run's .json, shown beside this one")
+    args = ap.parse_args()
+    deps, insns = {}, {}
+    try:
+        for mode in ("tailcall", "fused"):
+            deps[mode] = Chain.from_yaml_text(CHAIN.format(name=f"vcb{os.getpid()}-l7{mode[0]}", mode=mode)
+                                              ).deploy(attach=[])
+            pin = deps[mode].gen_dir / ("fn_dpi" if mode == "tailcall" else "entry")
+            fd = bpfsys.obj_get(str(pin))
+            insns[f"{mode}: {'the dpi program' if mode == 'tailcall' else 'the fused program'}"] = \
+                bpfsys.verified_insns(fd)
+            os.close(fd)
+        fd = deps["tailcall"].entry_fd()
+        for name, frame in PACKETS.items():
+            assert run_xdp(fd, frame).action == "XDP_PASS", (name, "a rule matched")
+        samples = {name: [] for name in PACKETS}
+        for _ in range(args.rounds):
+            for name, frame in PACKETS.items():
+                samples[name].append(run_xdp(fd, frame, repeat=args.repeat).duration_ns)
+        os.close(fd)
+    finally:
+        for dep in deps.values():
+            dep.undeploy()
+    median = {name: statistics.median(v) for name, v in samples.items()}
+    data = stamp(repeat=args.repeat, rounds=args.rounds, verified_insns=insns, ns_per_packet=median)
+    old = json.loads(args.before.read_text()) if args.before else None
+    head = "| | this run |" + (f" before ({old['when']}) |" if old else "")
+    rule = "|---|---:|" + ("---:|" if old else "")
+
+    def row(name, table, key):
+        cell = f" {table[name]:,.0f} |" if isinstance(table.get(name), (int, float)) else ""
+        was = old[key].get(name) if old else None
+        return f"| {name} |{cell}" + ((f" {was:,.0f} |" if was is not None else " - |") if old else "")
+    lines = ["# DPI application parsers: verifier cost and ns/packet (BPF_PROG_TEST_RUN)", "",
+             f"{data['when']}, kernel {data['kernel']}, {args.repeat} repetitions x {args.rounds} interleaved "
+             "rounds (median), tail-call mode; a dpi with one signature and four app rules (HTTP host, "
+             "host+path, TLS SNI, DNS qname) that no packet matches. The machine is shared: expect a few "
+             "percent of noise.", "",
+             "Instructions the verifier explored at load (its budget: 1,000,000 per program):", "",
+             head, rule, *[row(n, insns, "verified_insns") for n in insns], "",
+             "ns per packet through the whole chain:", "",
+             head, rule, *[row(n, median, "ns_per_packet") for n in PACKETS]]
+    save("dpi-l7", data, lines)
+
+
+if __name__ == "__main__":
+    main()
