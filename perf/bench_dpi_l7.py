@@ -5,15 +5,18 @@ requests, TLS ClientHellos (real and with the SNI behind many extensions) and
 DNS queries that no rule matches, beside a UDP packet no parser reads; all
 measured interleaved in one run.
 
-    sudo .venv/bin/python perf/bench_dpi_l7.py [--repeat 100000] [--rounds 5] [--before OLD.json]
+    sudo .venv/bin/python perf/bench_dpi_l7.py [--repeat 100000] [--rounds 5] [--label TEXT]
+        [--against DIR [DIR]] [--against-label TEXT]
 
---before adds the figures of an earlier run (its .json) as a column, e.g. of
-the code before a change. Writes perf/results/dpi-l7.md (and .json).
+--against measures, in the same interleaved rounds, the same chain deployed
+by other code (e.g. the commit before a change, from its own checkout): DIR is
+the generation directory of its tail-call deployment (…/<chain>/g<N>), the
+second one that of its fused one; they are left as they are. Writes
+perf/results/dpi-l7.md (and .json).
 """
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import ssl
 import statistics
@@ -88,52 +91,64 @@ PACKETS = {
 }
 
 
+def program_insns(gen_dir: Path, mode: str) -> int:
+    """What the verifier explored for the dpi's own program (tail-call) or the whole one (fused)."""
+    fd = bpfsys.obj_get(str(gen_dir / ("fn_dpi" if mode == "tailcall" else "entry")))
+    try:
+        return bpfsys.verified_insns(fd)
+    finally:
+        os.close(fd)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeat", type=int, default=100_000)
     ap.add_argument("--rounds", type=int, default=5)
-    ap.add_argument("--before", type=Path, help="an earlier run's .json, shown beside this one")
+    ap.add_argument("--label", default="this code", help="what this run measures, e.g. a commit")
+    ap.add_argument("--against", type=Path, nargs="+", metavar="DIR",
+                    help="generation directories of the same chain deployed by other code (tail-call, fused)")
+    ap.add_argument("--against-label", default="against", help="what --against measures")
     args = ap.parse_args()
-    deps, insns = {}, {}
+    deps, insns, other = {}, {}, {}
     try:
         for mode in ("tailcall", "fused"):
             deps[mode] = Chain.from_yaml_text(CHAIN.format(name=f"vcb{os.getpid()}-l7{mode[0]}", mode=mode)
                                               ).deploy(attach=[])
-            pin = deps[mode].gen_dir / ("fn_dpi" if mode == "tailcall" else "entry")
-            fd = bpfsys.obj_get(str(pin))
-            insns[f"{mode}: {'the dpi program' if mode == 'tailcall' else 'the fused program'}"] = \
-                bpfsys.verified_insns(fd)
-            os.close(fd)
-        fd = deps["tailcall"].entry_fd()
-        for name, frame in PACKETS.items():
-            assert run_xdp(fd, frame).action == "XDP_PASS", (name, "a rule matched")
-        samples = {name: [] for name in PACKETS}
+            insns[mode] = program_insns(deps[mode].gen_dir, mode)
+        for mode, gen_dir in zip(("tailcall", "fused"), args.against or []):
+            other[mode] = program_insns(gen_dir, mode)
+        fds = {args.label: deps["tailcall"].entry_fd()}
+        if args.against:
+            fds[args.against_label] = bpfsys.obj_get(str(args.against[0] / "entry"))
+        for fd in fds.values():
+            for name, frame in PACKETS.items():
+                assert run_xdp(fd, frame).action == "XDP_PASS", (name, "a rule matched")
+        samples = {(who, name): [] for who in fds for name in PACKETS}
         for _ in range(args.rounds):
             for name, frame in PACKETS.items():
-                samples[name].append(run_xdp(fd, frame, repeat=args.repeat).duration_ns)
-        os.close(fd)
+                for who, fd in fds.items():
+                    samples[who, name].append(run_xdp(fd, frame, repeat=args.repeat).duration_ns)
+        for fd in fds.values():
+            os.close(fd)
     finally:
         for dep in deps.values():
             dep.undeploy()
-    median = {name: statistics.median(v) for name, v in samples.items()}
-    data = stamp(repeat=args.repeat, rounds=args.rounds, verified_insns=insns, ns_per_packet=median)
-    old = json.loads(args.before.read_text()) if args.before else None
-    head = "| | this run |" + (f" before ({old['when']}) |" if old else "")
-    rule = "|---|---:|" + ("---:|" if old else "")
-
-    def row(name, table, key):
-        cell = f" {table[name]:,.0f} |" if isinstance(table.get(name), (int, float)) else ""
-        was = old[key].get(name) if old else None
-        return f"| {name} |{cell}" + ((f" {was:,.0f} |" if was is not None else " - |") if old else "")
+    median = {key: statistics.median(v) for key, v in samples.items()}
+    data = stamp(repeat=args.repeat, rounds=args.rounds, verified_insns={args.label: insns, args.against_label: other},
+                 ns_per_packet={who: {name: median[who, name] for name in PACKETS} for who in fds})
+    columns = list(fds)
+    head, rule = "| | " + " | ".join(columns) + " |", "|---|" + "---:|" * len(columns)
+    verifier = [f"| {mode}: {'the dpi program' if mode == 'tailcall' else 'the fused program'} | "
+                + " | ".join(f"{table[mode]:,}" if mode in table else "-" for table in (insns, other)[:len(columns)])
+                + " |" for mode in ("tailcall", "fused")]
     lines = ["# DPI application parsers: verifier cost and ns/packet (BPF_PROG_TEST_RUN)", "",
              f"{data['when']}, kernel {data['kernel']}, {args.repeat} repetitions x {args.rounds} interleaved "
              "rounds (median), tail-call mode; a dpi with one signature and four app rules (HTTP host, "
              "host+path, TLS SNI, DNS qname) that no packet matches. The machine is shared: expect a few "
              "percent of noise.", "",
              "Instructions the verifier explored at load (its budget: 1,000,000 per program):", "",
-             head, rule, *[row(n, insns, "verified_insns") for n in insns], "",
-             "ns per packet through the whole chain:", "",
-             head, rule, *[row(n, median, "ns_per_packet") for n in PACKETS]]
+             head, rule, *verifier, "", "ns per packet through the whole chain:", "", head, rule,
+             *[f"| {name} | " + " | ".join(f"{median[who, name]:,.0f}" for who in columns) + " |" for name in PACKETS]]
     save("dpi-l7", data, lines)
 
 

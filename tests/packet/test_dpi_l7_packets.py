@@ -607,6 +607,26 @@ def test_a_new_app_rule_is_a_config_change_and_holds_from_the_next_packet():
         deploy_mod.undeploy(name)
 
 
+def test_unreadable_is_a_config_change_and_its_counters_carry_over():
+    name = chain_name("l7unread")
+
+    def chain(policy):
+        return Chain.from_yaml_text(f"name: {name}\nfunctions:\n  dpi:\n    type: dpi\n    unreadable: {policy}\n"
+                                    "    apps: [{app: tls, sni: banned.example, action: drop}]\n    next: out\n"
+                                    "  out: {type: counter, verdict: tx}\n")
+    split = raw_tls(built_hello("fine.example", record_split=60))
+    dep = chain("drop").deploy(attach=[])
+    try:
+        assert dep.run(split).action == "XDP_DROP"
+        with not_compiling():
+            changed = chain("match").deploy(attach=[])
+        assert changed.last_change == "config"
+        assert changed.run(split).action == "XDP_TX"
+        assert changed.stats()["dpi"]["unreadable_tls_sni_unreached"] == 2
+    finally:
+        deploy_mod.undeploy(name)
+
+
 # -- alert events ------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
