@@ -70,7 +70,7 @@ if ! mountpoint -q /sys/fs/bpf; then
   say "mounting bpffs on /sys/fs/bpf"
   mount -t bpf bpf /sys/fs/bpf
 fi
-mkdir -p /run/vnfchain
+install -d -m 0700 /run/vnfchain   # root's alone: the records hold the rules
 
 # --- venv ------------------------------------------------------------------
 if [ ! -x .venv/bin/python ] || ! .venv/bin/python -c 'import bcc' 2>/dev/null; then

@@ -17,13 +17,14 @@ ports, TCP flags or ICMP type). Packets mostly aim at a rule (every field it
 names satisfied), sometimes with one field knocked off, so that near misses and
 range edges are common; the rest are random.
 
-Addresses: IPv4 only from 198.18.0.0/15 (DESIGN.md section 4), never from
+Addresses: IPv4 only from 198.18.0.0/15 (RFC 2544 benchmarking range), never from
 ``RESERVED`` (the oracle bed's own links); IPv6 from 2001:db8::/32, which
 only rules and pure-Python tests use, never the wire.
 """
 from __future__ import annotations
 
 import ipaddress
+import json
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
@@ -40,6 +41,8 @@ RESERVED = ipaddress.ip_network("198.19.255.0/24")
 LABELS = ("web", "dns", "slow")
 HOT_PORTS = (0, 1, 22, 53, 79, 80, 81, 443, 1023, 1024, 8000, 8080, 65534, 65535)
 OTHER_PROTOS = (0, 47, 132, 255)
+#: next-header values that the kernel (and our parser) walk past in IPv6
+IPV6_EXTENSION_HEADERS = (0, 43, 44, 51, 60)
 Frag = Literal["whole", "first", "later"]
 
 
@@ -297,6 +300,8 @@ def random_packet(pick, rules: list[Rule], *, families=(4, 6), ifaces=("fw-in0",
         proto = target.proto
     else:
         proto = pick.choice((6, 17, 1 if family == 4 else 58, 6, 17) + OTHER_PROTOS + (58 if family == 4 else 1,))
+    if family == 6 and proto in IPV6_EXTENSION_HEADERS:
+        proto = 255     # in IPv6 these numbers name extension headers, never the transport
     frag: Frag = "whole"
     if fragments and (not aim("frag") or pick.chance(0.1)) and pick.chance(0.3):
         frag = pick.choice(("first", "later"))
@@ -369,3 +374,16 @@ def describe(rules: list[Rule], index: int | None) -> str:
 def as_later_fragment(w: Wire) -> Wire:
     """The same packet as a later fragment: what the firewall can no longer see."""
     return Wire(replace(w.packet, sport=None, dport=None, tcp_flags=None, icmp_type=None), "later")
+
+
+def nft_counters(listing: str) -> dict[str, int]:
+    """Packets counted per rule comment ("rule 12", "default") in the output of
+    ``nft -j list chain ...`` of a ruleset made with ``nft.ruleset(counters=True)``."""
+    out: dict[str, int] = {}
+    for item in json.loads(listing)["nftables"]:
+        rule = item.get("rule")
+        if rule:
+            counted = [e["counter"]["packets"] for e in rule["expr"] if "counter" in e]
+            comment = rule.get("comment", "")      # one rule may be several nft rules
+            out[comment] = out.get(comment, 0) + counted[0]
+    return out

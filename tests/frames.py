@@ -1,5 +1,8 @@
-"""Frame helpers for packet tests: fixed Ethernet addresses, checksum checks."""
+"""Frame helpers for packet tests: fixed Ethernet addresses, checksums to fill
+into hand-built frames, checksum checks."""
 from __future__ import annotations
+
+import struct
 
 from scapy.layers.inet import UDP
 from scapy.layers.l2 import Ether
@@ -20,3 +23,23 @@ def checksums_valid(frame: bytes) -> bool:
                 setattr(layer, field, None)
         layer = layer.payload if layer.payload else None
     return bytes(Ether(bytes(rebuilt))) == frame
+
+
+def pseudo_header(src: bytes, dst: bytes, proto: int, length: int) -> bytes:
+    """The TCP/UDP/ICMPv6 pseudo header: IPv4 when the addresses are 4 bytes, else IPv6."""
+    if len(src) == 4:
+        return src + dst + struct.pack("!BBH", 0, proto, length)
+    return src + dst + struct.pack("!I3xB", length, proto)
+
+
+def with_checksum(data: bytes, at: int, pseudo: bytes = b"", udp: bool = False) -> bytes:
+    """``data`` with the Internet checksum of ``pseudo + data`` written at byte ``at``
+    (a UDP checksum of 0 is sent as 0xffff: 0 would mean "none")."""
+    blob = pseudo + data + (b"\0" if len(data) % 2 else b"")
+    total = sum(struct.unpack(f"!{len(blob) // 2}H", blob))
+    while total >> 16:
+        total = (total & 0xffff) + (total >> 16)
+    csum = ~total & 0xffff
+    if udp and csum == 0:
+        csum = 0xffff
+    return data[:at] + struct.pack("!H", csum) + data[at + 2:]

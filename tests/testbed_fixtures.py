@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from vnfchain.testbed import Testbed
+from vnfchain.testbed import Testbed, load_topology
 from vnfchain.testbed import build, netlink, services
 from vnfchain.testbed.record import record_path
 
@@ -69,11 +69,13 @@ def testbed():
         tb.down()
 
 
-def _module_bed(topology: str, suffix: str):
+def module_bed(topology: str | dict, suffix: str):
+    """Body of a module-scoped bed fixture (``yield from module_bed(...)``): a
+    shipped topology by file name, or a test's own as a dict."""
     _need_root()
     name = bed_name(suffix)
     build.down(name)  # a bed of ours left by a killed earlier run with the same pid
-    tb = Testbed.up(TOPOLOGIES / topology, name=name)
+    tb = Testbed.up(TOPOLOGIES / topology if isinstance(topology, str) else load_topology(topology), name=name)
     try:
         yield tb
     finally:
@@ -83,11 +85,11 @@ def _module_bed(topology: str, suffix: str):
 @pytest.fixture(scope="module")
 def pvp_bed():
     """The pvp topology (client -- dut -- server), up for the whole module."""
-    yield from _module_bed("pvp.yaml", "pvp")
+    yield from module_bed("pvp.yaml", "pvp")
 
 
 @pytest.fixture(scope="module")
 def sfc_bed():
     """The sfc topology (client -- dut -- server, server2; http, tls, dns, echo
     services), up for the whole module."""
-    yield from _module_bed("sfc.yaml", "sfc")
+    yield from module_bed("sfc.yaml", "sfc")

@@ -9,7 +9,8 @@ __version__ = "0.1.0"
 
 from .chain import AttachPoint, Chain, Deployment  # noqa: E402
 from .errors import (AttachError, CompileError, DeployError, NotDeployedError,  # noqa: E402
-                     SpecError, VerifierError, VnfchainError)
+                     RecordError, SpecError, VerifierError, VnfchainError)
 
 __all__ = ["Chain", "Deployment", "AttachPoint", "VnfchainError", "SpecError", "CompileError",
-           "VerifierError", "DeployError", "AttachError", "NotDeployedError", "__version__"]
+           "VerifierError", "DeployError", "AttachError", "RecordError", "NotDeployedError",
+           "__version__"]

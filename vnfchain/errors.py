@@ -6,7 +6,8 @@
     ├── CompileError               the C compiler rejected a function's program
     ├── VerifierError              the kernel verifier rejected a program
     ├── DeployError                loading, pinning or recording a chain failed
-    │   └── AttachError            an interface could not take the XDP program
+    │   ├── AttachError            an interface could not take the XDP program
+    │   └── RecordError            a chain's deployment record is there but unreadable
     ├── NotDeployedError           no chain of that name is running
     ├── EnvironmentError_          the machine lacks something (root, bpffs, BCC)
     └── TestbedError               a test bed could not be built or torn down
@@ -61,6 +62,16 @@ class DeployError(VnfchainError):
 
 class AttachError(DeployError):
     pass
+
+
+class RecordError(DeployError):
+    """Names the chain, its record and why it cannot be read; undeploy still works."""
+
+    def __init__(self, name: str, path, reason: str):
+        self.name, self.path, self.reason = name, path, reason
+        super().__init__(f"the record of chain '{name}' ({path}) is unreadable: {reason}; "
+                         f"`vnfchain undeploy {name}` removes what it can (its pins, and its "
+                         f"programs wherever they are attached)")
 
 
 class NotDeployedError(VnfchainError):

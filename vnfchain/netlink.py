@@ -54,7 +54,33 @@ def xdp_state(index: int, netns: str | None = None) -> tuple[int, str] | None:
     """(program id, mode) of the XDP program on an interface, or None."""
     with route(netns) as ipr:
         links = ipr.link("get", index=index)
-    xdp = links[0].get_attr("IFLA_XDP") if links else None
+    return _xdp_of(links[0]) if links else None
+
+
+def find_xdp(prog_ids: set[int]) -> list[dict]:
+    """Every interface of the root and the named network namespaces that runs one
+    of ``prog_ids``: [{interface, netns, ifindex, mode}]."""
+    try:
+        named = sorted(os.listdir("/run/netns"))
+    except FileNotFoundError:
+        named = []
+    found = []
+    for netns in [None, *named]:
+        try:
+            with route(netns) as ipr:
+                links = ipr.get_links()
+        except (AttachError, NetlinkError, OSError):   # a namespace that went away meanwhile
+            continue
+        for link in links:
+            state = _xdp_of(link)
+            if state and state[0] in prog_ids:
+                found.append({"interface": link.get_attr("IFLA_IFNAME"), "netns": netns,
+                              "ifindex": link["index"], "mode": state[1]})
+    return found
+
+
+def _xdp_of(link) -> tuple[int, str] | None:
+    xdp = link.get_attr("IFLA_XDP")
     if not xdp:
         return None
     attrs = dict(xdp["attrs"]) if isinstance(xdp, dict) else {k: v for k, v in xdp.get("attrs", [])}

@@ -14,7 +14,7 @@ DSCP n = goto to the n-th label (goto sets a packet mark, a postrouting chain
 turns the mark into a DSCP value the receiver can read).
 
 Deliberate limits, so that the two sides judge the same packet:
-- IPv4 packets only (DESIGN.md section 4: traffic stays in 198.18.0.0/15);
+- IPv4 packets only (test traffic stays in 198.18.0.0/15, RFC 2544);
   rulesets still contain IPv6 rules, which IPv4 packets must never match.
   IPv6 packets are covered against ``first_match`` in tests/unit/test_firewall_rules.py.
 - Stateless: no ``ct`` rules. nft's conntrack decides ``new``/``established``/
@@ -27,7 +27,6 @@ Deliberate limits, so that the two sides judge the same packet:
 from __future__ import annotations
 
 import collections
-import json
 import os
 import shutil
 import socket
@@ -43,12 +42,14 @@ from tests.firewall_oracle import (
     RandomPick,
     Wire,
     describe,
+    nft_counters,
     packet_lists,
     random_packets,
     random_rules,
     rule_lists,
     verdict,
 )
+from tests.frames import pseudo_header, with_checksum
 from tests.testbed_fixtures import bed_name
 from vnfchain.firewall import nft
 from vnfchain.firewall.lbvs import compile_rules
@@ -143,14 +144,7 @@ class OracleBed:
     def counters(self) -> dict[str, int]:
         """Packets counted per rule comment ("rule 12", "default")."""
         proc = self.tb.exec("fw", ["nft", "-j", "list", "chain", "inet", nft.TABLE, nft.CHAIN], check=True)
-        out = {}
-        for item in json.loads(proc.stdout)["nftables"]:
-            rule = item.get("rule")
-            if rule:
-                counted = [e["counter"]["packets"] for e in rule["expr"] if "counter" in e]
-                comment = rule.get("comment", "")      # one rule may be several nft rules
-                out[comment] = out.get(comment, 0) + counted[0]
-        return out
+        return nft_counters(proc.stdout)
 
     def run(self, wires: list[Wire], accepting: set[str]) -> tuple[dict[int, str], dict[str, int]]:
         """Send ``wires`` (packet i gets IP id i + 1); the verdict the receiver saw
@@ -225,32 +219,17 @@ def frame(wire: Wire, ident: int, src_mac: str, dst_mac: str) -> bytes:
         l4 = BAIT
     elif p.proto == 6:
         l4 = struct.pack("!HHIIBBHHH", p.sport, p.dport, ident, 0, 5 << 4, p.tcp_flags, 8192, 0, 0) + payload
-        l4 = _with_checksum(l4, 16, _pseudo(src, dst, 6, len(l4)))
+        l4 = with_checksum(l4, 16, pseudo_header(src, dst, 6, len(l4)))
     elif p.proto == 17:
         l4 = struct.pack("!HHHH", p.sport, p.dport, 8 + len(payload), 0) + payload
-        l4 = _with_checksum(l4, 6, _pseudo(src, dst, 17, len(l4)), udp=True)
+        l4 = with_checksum(l4, 6, pseudo_header(src, dst, 17, len(l4)), udp=True)
     elif p.proto == 1:
-        l4 = _with_checksum(struct.pack("!BBHI", p.icmp_type, 0, 0, 0) + payload, 2)
+        l4 = with_checksum(struct.pack("!BBHI", p.icmp_type, 0, 0, 0) + payload, 2)
     else:
         l4 = payload
     ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(l4), ident, frag, 64, p.proto, 0, src, dst)
-    ip = _with_checksum(ip, 10)
+    ip = with_checksum(ip, 10)
     return bytes.fromhex(dst_mac.replace(":", "")) + bytes.fromhex(src_mac.replace(":", "")) + b"\x08\x00" + ip + l4
-
-
-def _pseudo(src: bytes, dst: bytes, proto: int, length: int) -> bytes:
-    return src + dst + struct.pack("!BBH", 0, proto, length)
-
-
-def _with_checksum(data: bytes, at: int, pseudo: bytes = b"", udp: bool = False) -> bytes:
-    blob = pseudo + data + (b"\0" if len(data) % 2 else b"")
-    total = sum(struct.unpack(f"!{len(blob) // 2}H", blob))
-    while total >> 16:
-        total = (total & 0xffff) + (total >> 16)
-    csum = ~total & 0xffff
-    if udp and csum == 0:
-        csum = 0xffff
-    return data[:at] + struct.pack("!H", csum) + data[at + 2:]
 
 
 def scapy_frame(wire: Wire, ident: int, src_mac: str, dst_mac: str) -> bytes:

@@ -2,18 +2,23 @@
 disturbed by someone else's failure."""
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 
-from vnfchain import Chain, CompileError, DeployError, VerifierError
+import vnfchain.cli.commands  # noqa: F401  (registers the commands)
+from vnfchain import Chain, CompileError, DeployError, VerifierError, netlink, statedir
 from vnfchain.chain import deploy as deploy_mod
 from vnfchain.chain.compile import compile_unit
+from vnfchain.chain.record import record_path, write_record
 from vnfchain.chain.render import Unit
-from vnfchain import netlink
+from vnfchain.cli import cli
 from tests.chain_fixtures import chain_name
 from tests.scratch_netns import scratch_netns
 
@@ -84,8 +89,8 @@ def test_undeploy_after_a_crash_half_way(bpf):
     chain = Chain.from_yaml_text(f"name: {name}\nfunctions:\n  c: {{type: counter}}\n")
     dep = chain.deploy(attach=[])
     try:
-        deploy_mod._write_record(dict(dep.record, state="deploying"))
-        assert "deploy did not finish" in " ".join(deploy_mod.Deployment.get(name).health())
+        write_record(dict(dep.record, state="deploying"))
+        assert "deploy stopped after loading its programs" in " ".join(deploy_mod.Deployment.get(name).health())
     finally:
         deploy_mod.undeploy(name)
     assert leftovers(name) == []
@@ -150,3 +155,200 @@ def test_undeploy_after_a_crash_while_a_live_change_attached_an_interface(bpf):
             deploy_mod.undeploy(name)
         assert netlink.xdp_state(index["b0"], ns) is None and netlink.xdp_state(index["a0"], ns) is None
     assert leftovers(name) == []
+
+
+# -- deploys killed half-way, and records that cannot be read: seen, and removed --------
+
+KILL_AT = """
+import os, sys
+from vnfchain import Chain, bpfsys, netlink
+from vnfchain.chain import deploy
+
+def die_after(module, name, nth):
+    real, calls = getattr(module, name), []
+    def wrapper(*args, **kwargs):
+        result = real(*args, **kwargs)
+        calls.append(1)
+        if len(calls) == nth:
+            os._exit(3)
+        return result
+    setattr(module, name, wrapper)
+
+module, name, nth = {
+    "record": (deploy, "write_record", 1),     # the record and nothing else
+    "compiled": (deploy, "compile_unit", 1),   # loaded (maps pinned by BCC), no program pinned
+    "pinned": (bpfsys, "obj_pin", 1),          # one program pinned of three
+    "built": (deploy, "write_record", 2),      # all pinned and recorded, nothing attached
+    "attached": (netlink, "xdp_attach", 1),    # a0 attached, not yet recorded as such
+}[sys.argv[2]]
+die_after(module, name, nth)
+Chain.from_yaml_text(sys.argv[1]).deploy()
+"""
+
+# (kill point, what `status` must say is wrong)
+KILLS = [
+    ("record", "deploy stopped before it recorded its programs"),
+    ("compiled", "deploy stopped before it recorded its programs"),
+    ("pinned", "deploy stopped before it recorded its programs"),
+    ("built", "deploy stopped after loading its programs"),
+    ("attached", "was being attached when vnfchain stopped"),
+]
+
+
+@pytest.fixture
+def own_state(bpf, monkeypatch):
+    """A pin root and run dir of this test's own, so that `undeploy --all` touches
+    only what the test made (never the session's chains); both removed after."""
+    import shutil
+    suffix = f"-k{os.getpid()}"
+    pins, run = Path(f"{deploy_mod.pin_root()}{suffix}"), Path(f"{statedir.run_dir()}{suffix}")
+    monkeypatch.setenv("VNFCHAIN_BPFFS", str(pins))
+    monkeypatch.setenv("VNFCHAIN_RUN", str(run))
+    try:
+        yield
+    finally:
+        with contextlib.suppress(Exception):
+            CliRunner().invoke(cli, ["undeploy", "--all"])
+        shutil.rmtree(pins, ignore_errors=True)
+        shutil.rmtree(run, ignore_errors=True)
+
+
+def cli_run(*args):
+    """The CLI as a user runs it: an error is a message and an exit code, never a traceback."""
+    result = CliRunner().invoke(cli, list(args))
+    if result.exception and not isinstance(result.exception, SystemExit):
+        raise result.exception
+    return result
+
+
+def nothing_left(name, ns, index) -> list:
+    left = [str(p) for p in (deploy_mod.pin_root() / name, record_path(name)) if p.exists()]
+    return left + [dev for dev in index if netlink.xdp_state(index[dev], ns)]
+
+
+@pytest.mark.parametrize("point,problem", KILLS, ids=[k[0] for k in KILLS])
+def test_a_deploy_killed_half_way_is_listed_as_broken_and_undeployed(own_state, point, problem):
+    ns, name = f"vctk{os.getpid()}", chain_name(f"kill{point}")
+    text = (f"name: {name}\nattach: [{{interface: a0, netns: {ns}}}, {{interface: b0, netns: {ns}}}]\n"
+            "functions:\n  a: {type: counter, next: b}\n  b: {type: counter}\n")
+    with scratch_netns(ns, {"a0": [], "b0": []}) as (_, index, _ip):
+        child = subprocess.run([sys.executable, "-c", KILL_AT, text, point], capture_output=True,
+                               cwd=Path(__file__).resolve().parents[2])
+        assert child.returncode == 3, child.stderr.decode()
+        if point == "attached":
+            assert netlink.xdp_state(index["a0"], ns)      # running, but not recorded as attached
+
+        listed = cli_run("ls", "--json")
+        assert listed.exit_code == 0, listed.output
+        (row,) = [r for r in json.loads(listed.output) if r["name"] == name]
+        assert row["state"] == "broken", row
+        assert any(f"`vnfchain undeploy {name}`" in p for p in row["problems"]), row
+
+        status = cli_run("status", name)
+        assert status.exit_code == 0, status.output
+        assert f"chain {name}: broken" in status.output and problem in status.output, status.output
+
+        undeployed = cli_run("undeploy", "--all")
+        assert undeployed.exit_code == 0 and f"undeployed chain {name}" in undeployed.output, undeployed.output
+        assert nothing_left(name, ns, index) == []
+        assert "no chains deployed" in cli_run("ls").output
+
+
+def test_a_chain_whose_pins_were_removed_is_broken(own_state):
+    name = chain_name("nopin")
+    dep = Chain.from_yaml_text(f"name: {name}\nfunctions:\n  a: {{type: counter, next: b}}\n"
+                               f"  b: {{type: counter}}\n").deploy(attach=[])
+    (dep.gen_dir / "fn_b").unlink()
+    assert deploy_mod.Deployment.get(name).condition() == "broken"
+    status = cli_run("status", name)
+    assert f"pin missing: {dep.gen_dir / 'fn_b'}" in status.output, status.output
+    assert cli_run("undeploy", name).exit_code == 0
+    assert not dep.pin_dir.exists() and not record_path(name).exists()
+
+
+def _truncate(path):
+    path.write_bytes(path.read_bytes()[:100])
+
+
+def _foreign(path):
+    os.chown(path, 65534, 65534)
+
+
+def _link(path):
+    path.unlink()
+    path.symlink_to("/etc/hostname")
+
+
+DAMAGE = [(_truncate, "not JSON"), (_foreign, "belongs to uid 65534"), (_link, "is a symbolic link"),
+          (lambda p: p.write_text("[]"), "not a deployment record")]
+
+
+@pytest.mark.parametrize("damage,reason", DAMAGE, ids=["truncated", "foreign", "symlink", "not-a-record"])
+def test_an_unreadable_record_is_listed_and_undeploy_removes_what_it_can(own_state, damage, reason):
+    ns, name = f"vctu{os.getpid()}", chain_name("unread")
+    hostname = Path("/etc/hostname").read_bytes()
+    with scratch_netns(ns, {"a0": []}) as (_, index, _ip):
+        Chain.from_yaml_text(f"name: {name}\nfunctions: {{c: {{type: counter}}}}\n").deploy(attach=[f"a0@{ns}"])
+        damage(record_path(name))
+
+        assert f"{name}  unreadable" in cli_run("ls").output
+        listed = cli_run("ls", "--json")
+        assert listed.exit_code == 0
+        (row,) = [r for r in json.loads(listed.output) if r["name"] == name]
+        assert row["state"] == "unreadable" and str(record_path(name)) in row["problems"][0]
+        assert reason in row["problems"][0], row
+        status = cli_run("status", name)
+        assert status.exit_code == 1 and status.output.startswith(f"error: the record of chain '{name}'")
+        assert f"`vnfchain undeploy {name}` removes what it can" in status.output
+
+        undeployed = cli_run("undeploy", "--all")
+        assert undeployed.exit_code == 0, undeployed.output
+        assert f"undeployed chain {name}" in undeployed.output and "was unreadable" in undeployed.output
+        assert nothing_left(name, ns, index) == []        # a0 found without the record, and detached
+    assert Path("/etc/hostname").read_bytes() == hostname
+
+
+def test_a_deploy_at_work_is_deploying_not_broken(own_state):
+    """While some vnfchain holds the lock, an unfinished record is its work in progress."""
+    import threading
+    from vnfchain.chain.record import locked
+    name = chain_name("busy")
+    write_record({"name": name, "state": "deploying", "pid": os.getpid(), "attachments": [],
+                  "pin_dir": str(deploy_mod.pin_root() / name)})
+    holding, release = threading.Event(), threading.Event()
+
+    def deploying():
+        with locked(name):
+            holding.set()
+            release.wait(10)
+    worker = threading.Thread(target=deploying)
+    worker.start()
+    try:
+        assert holding.wait(10)
+        assert deploy_mod.Deployment.get(name).condition() == "deploying"
+    finally:
+        release.set()
+        worker.join(10)
+    assert deploy_mod.Deployment.get(name).condition() == "broken"
+    assert cli_run("undeploy", name).exit_code == 0 and not record_path(name).exists()
+
+
+def test_pins_without_a_record_are_listed_and_removed(own_state):
+    name = chain_name("orphan")
+    (deploy_mod.pin_root() / name / "g1").mkdir(parents=True)
+    (row,) = json.loads(cli_run("ls", "--json").output)
+    assert (row["name"], row["state"]) == (name, "broken")
+    assert row["problems"][0] == f"no record, only pins under {deploy_mod.pin_root() / name}"
+    assert cli_run("undeploy", "--all").exit_code == 0
+    assert not (deploy_mod.pin_root() / name).exists()
+
+
+def test_stats_and_trace_of_a_chain_missing_pins_say_so(own_state):
+    name = chain_name("nostate")
+    dep = Chain.from_yaml_text(f"name: {name}\nfunctions: {{c: {{type: counter}}}}\n").deploy(attach=[])
+    (dep.gen_dir / "state").unlink()
+    for command in (["stats", name], ["trace", name, "--packet", "Ether()/IP()/TCP()"]):
+        result = cli_run(*command)
+        assert result.exit_code == 1
+        assert result.output.startswith(f"error: chain '{name}' is broken: 1 of its pins are gone "
+                                        f"({dep.gen_dir / 'state'}, ...)"), result.output

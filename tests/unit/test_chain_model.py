@@ -68,7 +68,7 @@ def edge_branch(g: nx.DiGraph, u, v):
 
 
 def hand_built_graph() -> nx.DiGraph:
-    """The DESIGN 1.2 spelling, with the types that exist."""
+    """The README's Python spelling, with the types that exist."""
     g = nx.DiGraph(name="web-edge")
     g.add_node("count", type="counter")
     g.add_node("steer", type="classify", rules=[{"proto": "tcp", "dport": 80, "label": "web"}])
@@ -326,7 +326,7 @@ ERRORS = [
      8, "functions.b.interface", ["function 'b' (forward)", "functions.b.interface"]),
     ("forward interface too long",
      BASE.replace("type: forward", "type: forward\n    interface: abcdefghijklmnop"),
-     8, "functions.b.interface", ["at most 15 characters"]),
+     8, "functions.b.interface", ["is 16 bytes long", "1-15 bytes (IFNAMSIZ)"]),
 ]
 
 CLASSIFY = """\

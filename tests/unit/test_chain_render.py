@@ -11,7 +11,7 @@ import pytest
 from vnfchain import Chain
 from vnfchain.chain import render as render_mod
 from vnfchain.chain.render import ENTRY_PROGRAM, UNIT_NAME, counter_layout, render
-from vnfchain.chain.verdicts import COMMON_REASONS, COUNTERS, LABEL_BASE, VERDICTS
+from vnfchain.chain.verdicts import COMMON_REASONS, COUNTERS, LABEL_BASE, UNPARSED, VERDICTS
 from vnfchain.functions import REGISTRY
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "pvp-forward.yaml"
@@ -203,7 +203,13 @@ def test_verdicts_counters_and_reasons_are_defined_from_verdicts_py(mode):
     for reason in reasons:
         assert f"VC_REASON_{reason.upper()}" in defines
     assert defines["VC_LABEL_BASE"] == LABEL_BASE > len(VERDICTS)
-    assert defines["VC_NCOUNTERS"] == len(COUNTERS) + defines["VC_NREASONS"]
+    assert defines["VC_NCOUNTERS"] == len(COUNTERS) + defines["VC_NREASONS"] + len(UNPARSED)
+    for i, reason in enumerate(UNPARSED, start=1):
+        # a function drops an unparsed frame under reason BASE + meta->unparsed,
+        # the entry counts it at counter BASE + meta->unparsed
+        assert reasons.index(f"unparsed_{reason}") == defines["VC_REASON_UNPARSED_BASE"] + i
+        assert counter_layout().names[defines["VC_CTR_UNPARSED_BASE"] + i] == f"unparsed_{reason}"
+        assert defines[f"VC_UNPARSED_{reason.upper()}"] == i
 
 
 def test_every_counter_name_used_in_c_is_generated_and_none_is_hand_defined():

@@ -104,3 +104,16 @@ def test_the_rules_are_read_once_and_kept_with_the_parameters(tmp_path):
     (tmp_path / "web.rules").unlink()
     again = spec_from_dict(spec_to_dict(spec))         # as a later process reads the record
     assert [s.id for s in again.function("dpi").params.all_signatures] == [100, 101, 102, 103]
+
+
+def test_a_rules_file_that_is_not_text_or_too_large(tmp_path, monkeypatch):
+    from vnfchain import yamlio
+    path = tmp_path / "chain.yaml"
+    path.write_text("name: rules\nfunctions:\n  dpi:\n    type: dpi\n    rules_file: web.rules\n")
+    (tmp_path / "web.rules").write_bytes(b'alert tcp any any -> any 80 (content:"x"; sid:5;)\n\xff\xfe\n')
+    with pytest.raises(SpecError, match="web.rules: line 2 is not UTF-8 text .*save the file as UTF-8"):
+        Chain.from_yaml(path)
+    (tmp_path / "web.rules").write_text("# padding\n" * 20)
+    monkeypatch.setattr(yamlio, "MAX_BYTES", 100)    # the chain file is smaller, the rules larger
+    with pytest.raises(SpecError, match="web.rules is larger than .* MiB; split it or trim it"):
+        Chain.from_yaml(path)

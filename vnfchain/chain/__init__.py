@@ -4,6 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import networkx as nx
+from pydantic import ValidationError
 
 from .. import yamlio
 from ..errors import SpecError
@@ -82,8 +83,9 @@ def _attach_point(value) -> AttachPoint:
         interface, _, netns = str(value).partition("@")
     try:
         return AttachPoint(interface=interface, netns=netns or None)
-    except Exception:
-        raise SpecError(f"attach point '{value}' is not IF or IF@NETNS with a valid name") from None
+    except ValidationError as exc:
+        reason = exc.errors()[0]["msg"].removeprefix("Value error, ")
+        raise SpecError(f"attach point '{value}' (IF or IF@NETNS): {reason}") from None
 
 
 __all__ = ["Chain", "ChainSpec", "FunctionSpec", "AttachPoint", "Deployment"]

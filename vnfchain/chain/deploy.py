@@ -4,7 +4,7 @@ A deployed chain lives in the kernel, not in this process:
 
     /sys/fs/bpf/vnfchain/<chain>/g<N>/  entry, fn_<name>, progs, state (metadata + counters)
     /sys/fs/bpf/vnfchain/<chain>/maps/  <fn>_<map>-<fingerprint> (function state)
-    /run/vnfchain/<chain>.json          what deploy made: attachments, pins, spec
+    /run/vnfchain/<chain>.json          what deploy made: attachments, pins, spec (record.py)
 
 The record is written before anything is made, so ``undeploy`` can finish a
 deploy that crashed half-way. A failed deploy rolls back everything it made and
@@ -26,8 +26,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import json
-import fcntl
 import os
 import re
 import shutil
@@ -39,11 +37,12 @@ from typing import Any, Callable
 
 from pyroute2.netlink.exceptions import NetlinkError
 
-from .. import bpfsys, netlink
-from ..errors import AttachError, DeployError, EnvironmentError_, NotDeployedError, VnfchainError
+from .. import bpfsys, netlink, statedir
+from ..errors import AttachError, DeployError, EnvironmentError_, NotDeployedError, RecordError
 from ..yamlio import Locator
 from .compile import LoadedUnit, compile_unit
 from .model import CHAIN_NAME, AttachPoint, ChainSpec, spec_from_dict, spec_to_dict
+from .record import busy, locked, read_record, record_path, recorded_names, write_record
 from .render import ENTRY, PRELUDE, Unit, context_for, counter_layout, generation_dir, render
 
 
@@ -51,47 +50,11 @@ def pin_root() -> Path:
     return Path(os.environ.get("VNFCHAIN_BPFFS", "/sys/fs/bpf/vnfchain"))
 
 
-def run_dir() -> Path:
-    return Path(os.environ.get("VNFCHAIN_RUN", "/run/vnfchain"))
-
-
-def record_path(name: str) -> Path:
-    _check_name(name)
-    return run_dir() / f"{name}.json"
-
-
-def _check_name(name: str) -> None:
-    """A chain name is a path component here: never let one reach another's pins."""
-    if not re.fullmatch(CHAIN_NAME, name or ""):
-        raise NotDeployedError(f"'{name}' is not a chain name ([a-z][a-z0-9-]{{0,22}}); "
-                               f"`vnfchain ls` lists the deployed chains")
-
-
 Progress = Callable[[str], None]
 
 
 def _quiet(_msg: str) -> None:
     pass
-
-
-# -- the record ---------------------------------------------------------------------
-
-def _write_record(record: dict) -> None:
-    path = record_path(record["name"])
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(record, indent=2))
-    tmp.replace(path)
-
-
-def _read_record(name: str) -> dict | None:
-    try:
-        return json.loads(record_path(name).read_text())
-    except FileNotFoundError:
-        return None
-    except (OSError, json.JSONDecodeError) as exc:
-        raise DeployError(f"the record of chain '{name}' ({record_path(name)}) is unreadable "
-                          f"({exc}); `vnfchain undeploy {name}` removes what it can") from None
 
 
 # -- deploy -------------------------------------------------------------------------
@@ -104,26 +67,14 @@ def check_environment() -> None:
                                 "(scripts/setup.sh does)")
 
 
-@contextlib.contextmanager
-def _locked(name: str):
-    """One deploy, change or undeploy at a time (a second one waits). One lock
-    file for all chains, never removed: removing a lock file others wait on
-    would let two holders in."""
-    _check_name(name)
-    run_dir().mkdir(parents=True, exist_ok=True)
-    with open(run_dir() / "vnfchain.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        yield
-
-
 def deploy(spec: ChainSpec, *, attach: list[AttachPoint] | None = None,
            progress: Progress | None = None) -> "Deployment":
     """Deploy ``spec``, or change the running chain of that name to it."""
     check_environment()
     if attach is not None:
         spec = spec.with_changes(attach=tuple(attach))
-    with _locked(spec.name):
-        record = _read_record(spec.name)
+    with locked(spec.name):
+        record = read_record(spec.name)
         if record is not None:
             return _change(record, spec, progress or _quiet)
         return _fresh(spec, progress or _quiet)
@@ -140,20 +91,25 @@ def _fresh(spec: ChainSpec, say: Progress) -> "Deployment":
         "mode": spec.mode, "pin_dir": str(pin_dir), "generation": 1, "changes": 0,
         "counters": list(counter_layout().names), "attachments": [],
     }
-    _write_record(record)
+    write_record(record)
     built = None
     try:
         (pin_dir / "maps").mkdir(parents=True)
         built = _build(spec, pin_dir, 1, say)
         _adopt(record, spec, built)
-        _write_record(record)
+        write_record(record)
         for point, index in targets:
             say(f"attaching to {point}")
+            # noted on disk first: if this process dies right after attaching,
+            # undeploy still finds (and detaches) this interface
+            record["pending"] = [_attachment(point, index, None)]
+            write_record(record)
             mode = _attach(built.entry_fd, point, index, spec.xdp_mode)
             record["attachments"].append(_attachment(point, index, mode))
-            _write_record(record)
+            del record["pending"]
+            write_record(record)
         record["state"] = "running"
-        _write_record(record)
+        write_record(record)
     except BaseException:
         with contextlib.suppress(Exception):
             _teardown(record)
@@ -363,7 +319,7 @@ def _change(record: dict, spec: ChainSpec, say: Progress) -> "Deployment":
         raise
     _forget_maps(set(_map_files(pin_dir)) - set(record["maps"].values()))
     record["changes"] = record.get("changes", 0) + 1
-    _write_record(record)
+    write_record(record)
     return Deployment(record, last_change=kind)
 
 
@@ -434,7 +390,7 @@ def _new_generation(record: dict, spec: ChainSpec, targets, say: Progress) -> di
         shutil.rmtree(generation_dir(pin_dir, generation), ignore_errors=True)
         raise
     built.close()
-    _write_record(new)   # the record names the attached generation before the old one goes
+    write_record(new)   # the record names the attached generation before the old one goes
     shutil.rmtree(record["gen_dir"], ignore_errors=True)
     return new
 
@@ -465,7 +421,7 @@ def _swap_attachments(old: dict, new: dict, spec: ChainSpec, targets, new_fd: in
                 # noted on disk first: if this process dies before the change is
                 # recorded, undeploy still finds (and detaches) this interface
                 old.setdefault("pending", []).append(_attachment(point, index, None))
-                _write_record(old)
+                write_record(old)
                 mode = _attach(new_fd, point, index, spec.xdp_mode)
                 a = _attachment(point, index, mode)
                 done.append((a, "attached"))
@@ -548,12 +504,14 @@ def _forget_maps(paths) -> None:
 
 # -- undeploy -----------------------------------------------------------------------
 
-def _teardown(record: dict) -> list[str]:
+def _teardown(record: dict, *, search: bool = False) -> list[str]:
     """Remove attachments, pins and record; returns warnings about what was skipped.
     Any generation's entry program counts as ours (a crash may leave the record
     naming another generation than the one attached); an interface still running
     one of ours after that keeps the pins, since removing them would empty the
-    prog array under it."""
+    prog array under it. ``search``: the record may not list every attachment
+    (unfinished, unreadable): look for our programs on every interface of the
+    root and the named network namespaces too."""
     warnings = []
     pin_dir = Path(record["pin_dir"])
     entries = {}
@@ -570,7 +528,10 @@ def _teardown(record: dict) -> list[str]:
         known = {(a["interface"], a["netns"]) for a in listed}
         # pending: interfaces a live change was attaching when it stopped short
         pending = [a for a in record.get("pending", []) if (a["interface"], a["netns"]) not in known]
-        for a in listed + pending:
+        known |= {(a["interface"], a["netns"]) for a in pending}
+        found = [a for a in netlink.find_xdp(set(entries)) if (a["interface"], a["netns"]) not in known] \
+            if search and entries else []
+        for a in listed + pending + found:
             where = f"{a['interface']}@{a['netns'] or 'root'}"
             state = _attached(a)
             if state is None or state[0] not in entries:
@@ -587,8 +548,10 @@ def _teardown(record: dict) -> list[str]:
         raise DeployError(f"could not detach chain '{record['name']}' from {', '.join(still_ours)}; its "
                           f"pins are kept so the interface keeps working; detach by hand and undeploy again")
     _remove_pins(pin_dir)
-    with contextlib.suppress(FileNotFoundError):
-        record_path(record["name"]).unlink()
+    try:
+        statedir.remove_private(record_path(record["name"]))
+    except OSError as exc:
+        warnings.append(f"could not remove {record_path(record['name'])}: {exc.strerror}; remove it by hand")
     return warnings
 
 
@@ -611,19 +574,24 @@ def _remove_pins(pin_dir: Path) -> None:
 
 def undeploy(name: str) -> list[str]:
     """Remove what deploy made for ``name``; idempotent. Returns warnings."""
-    with _locked(name):
+    with locked(name):
         return _undeploy(name)
 
 
 def _undeploy(name: str) -> list[str]:
-    record = _read_record(name)
+    try:
+        record = read_record(name)
+    except RecordError as exc:
+        stub = {"name": name, "state": "unreadable", "pin_dir": str(pin_root() / name), "attachments": []}
+        return [f"{exc.path} was unreadable ({exc.reason}); removed the pins under {stub['pin_dir']} and "
+                f"detached the chain's programs wherever they were attached"] + _teardown(stub, search=True)
     if record is None:
         pin_dir = pin_root() / name
         if pin_dir.exists():  # a deploy that died before its record: only pins to remove
             _remove_pins(pin_dir)
             return [f"chain '{name}' had no record; removed its pins {pin_dir}"]
         raise NotDeployedError(f"chain '{name}' is not deployed; `vnfchain ls` lists the running ones")
-    return _teardown(record)
+    return _teardown(record, search=record["state"] != "running")
 
 
 # -- a running chain ----------------------------------------------------------------
@@ -645,36 +613,41 @@ class Deployment:
 
     @property
     def gen_dir(self) -> Path:
+        if "gen_dir" not in self.record:
+            raise DeployError(f"chain '{self.name}' has no programs to show: its deploy stopped before "
+                              f"it recorded them; `vnfchain undeploy {self.name}` removes what it made")
         return Path(self.record["gen_dir"])
 
     @cached_property
     def spec(self) -> ChainSpec:
         """The running chain's spec (validated once per Deployment: a dpi with
         thousands of signatures takes a while to validate)."""
+        self.gen_dir   # noqa: B018  (a deploy that stopped before its programs has no spec either)
         return spec_from_dict(self.record["spec"], Locator(str(record_path(self.name)), {}))
 
     @classmethod
     def get(cls, name: str) -> "Deployment":
-        record = _read_record(name)
-        if record is None:
+        """The chain ``name``; RecordError when its record is unreadable."""
+        dep = _known(name)
+        if dep is None:
             raise NotDeployedError(f"chain '{name}' is not deployed; `vnfchain ls` lists the running ones")
-        return cls(record)
+        return dep
 
     @classmethod
     def all(cls) -> list["Deployment"]:
-        if not run_dir().is_dir():
-            return []
-        out = []
-        for path in sorted(run_dir().glob("*.json")):
-            with contextlib.suppress(VnfchainError):
-                record = _read_record(path.stem)
-                if record and "gen_dir" in record:
-                    out.append(cls(record))
-        return out
+        """Every chain with a readable record, finished or not (see ``listing``)."""
+        return [d for d in listing() if isinstance(d, Deployment)]
 
     def entry_fd(self) -> int:
         """An fd of the entry program (the caller closes it)."""
+        self._require_pins()
         return bpfsys.obj_get(str(self.gen_dir / "entry"))
+
+    def _require_pins(self) -> None:
+        missing = self.missing_pins()
+        if missing:
+            raise DeployError(f"chain '{self.name}' is broken: {len(missing)} of its pins are gone "
+                              f"({missing[0]}, ...); `vnfchain undeploy {self.name}` removes what is left")
 
     def run(self, packet, *, repeat: int = 1, ingress_ifindex: int | None = None,
             netns: str | None = None):
@@ -688,19 +661,53 @@ class Deployment:
         finally:
             os.close(fd)
 
+    @property
+    def finished(self) -> bool:
+        """Its last deploy or change ran to the end."""
+        return self.record["state"] == "running" and not self.record.get("pending")
+
+    def condition(self) -> str:
+        """running; deploying (a vnfchain is at work on the chains now); broken (a
+        deploy or change stopped half-way, or pins are gone: undeploy it)."""
+        if not self.finished and busy():
+            return "deploying"
+        return "running" if self.finished and not self.missing_pins() else "broken"
+
+    def missing_pins(self) -> list[str]:
+        """Recorded pins that are not there (none recorded: a deploy that stopped early)."""
+        r = self.record
+        if "gen_dir" not in r:
+            return []
+        gen = Path(r["gen_dir"])
+        wanted = [gen / "entry", gen / "state"] + [Path(p) for p in r.get("maps", {}).values()]
+        wanted += [gen / f"fn_{f['name']}" for f in r.get("functions", []) if f.get("prog_id")]
+        return [str(p) for p in wanted if not p.exists()]
+
     def health(self) -> list[str]:
-        """What is wrong with the running chain, if anything."""
-        problems = []
-        if self.record["state"] != "running":
-            problems.append(f"deploy did not finish (state {self.record['state']}); undeploy it")
-        if not (self.gen_dir / "entry").exists():
-            problems.append(f"pins missing under {self.gen_dir}")
-        for a in self.record["attachments"]:
+        """What is wrong with the chain, if anything; a broken one's last line is the fix."""
+        r = self.record
+        if r["state"] == "no record":
+            problems = [f"no record, only pins under {self.pin_dir}"]
+        else:
+            problems = self._unfinished() + [f"pin missing: {p}" for p in self.missing_pins()]
+        for a in r["attachments"]:
             state = None
             with contextlib.suppress(Exception):
                 state = netlink.xdp_state(a["ifindex"], a["netns"])
-            if not state or state[0] != self.record["entry_prog_id"]:
+            if not state or state[0] != r.get("entry_prog_id"):
                 problems.append(f"{a['interface']}@{a['netns'] or 'root'} no longer runs the chain")
+        if self.condition() == "broken":
+            problems.append(f"fix: `vnfchain undeploy {self.name}` removes what it made")
+        return problems
+
+    def _unfinished(self) -> list[str]:
+        r = self.record
+        problems = []
+        if r["state"] != "running":
+            where = "before it recorded its programs" if "gen_dir" not in r else "after loading its programs"
+            problems.append(f"deploy stopped {where} (state {r['state']}, pid {r.get('pid')})")
+        problems += [f"{a['interface']}@{a['netns'] or 'root'} was being attached when vnfchain stopped"
+                     for a in r.get("pending", [])]
         return problems
 
     def undeploy(self) -> list[str]:
@@ -713,6 +720,7 @@ class Deployment:
 
     def stats(self) -> dict[str, dict[str, Any]]:
         """Counters per function (and '(entry)'), summed over CPUs."""
+        self._require_pins()
         names = self.record["counters"]
         nrows = len(self.record["functions"]) + 1
         totals = [[0] * len(names) for _ in range(nrows)]
@@ -737,3 +745,28 @@ def _function_state(dep: "Deployment") -> dict:
         if rows is not None:
             out[f.name] = rows
     return out
+
+
+def listing() -> list["Deployment | RecordError"]:
+    """Every chain vnfchain knows of, by name: a Deployment for each readable record
+    (finished or not) and for pins left without a record, a RecordError for each
+    record that cannot be read."""
+    pinned = [p.name for p in pin_root().iterdir() if p.is_dir()] if pin_root().is_dir() else []
+    out: list[Deployment | RecordError] = []
+    for name in sorted(set(recorded_names()) | {n for n in pinned if re.fullmatch(CHAIN_NAME, n)}):
+        try:
+            out.append(_known(name))
+        except RecordError as exc:
+            out.append(exc)
+    return out
+
+
+def _known(name: str) -> Deployment | None:
+    """``name`` from its record, or from pins left without one; None if neither is there."""
+    record = read_record(name)
+    if record is not None:
+        return Deployment(record)
+    pin_dir = pin_root() / name
+    if pin_dir.is_dir():
+        return Deployment({"name": name, "state": "no record", "attachments": [], "pin_dir": str(pin_dir)})
+    return None

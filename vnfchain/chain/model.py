@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from .. import functions
 from ..errors import SpecError
+from ..names import InterfaceName, NetnsName
 from ..yamlio import Locator, pydantic_to_spec_error
 
 MAX_TAIL_CALLS = 33          # the kernel's MAX_TAIL_CALL_CNT
@@ -27,8 +28,8 @@ class _Strict(BaseModel):
 
 
 class AttachPoint(_Strict):
-    interface: str = Field(min_length=1, max_length=15, pattern=r"^[^\s/:]+$")
-    netns: str | None = Field(None, min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")
+    interface: InterfaceName
+    netns: NetnsName | None = None
 
     def __str__(self) -> str:
         return f"{self.interface}@{self.netns}" if self.netns else self.interface

@@ -22,8 +22,9 @@ from . import cli
 from .. import functions, yamlio
 from ..chain import Chain, Deployment
 from ..chain import render as render_mod
+from ..chain.deploy import listing
 from ..chain.model import MAX_TAIL_CALLS, spec_from_dict
-from ..errors import SpecError, VnfchainError
+from ..errors import RecordError, SpecError, VnfchainError
 
 # piped output (CI logs, demo.sh | tee) gets room for the stats table
 out = Console(highlight=False, width=None if sys.stdout.isatty() else 132)
@@ -101,6 +102,8 @@ def _nested_model(ann):
 def _type_text(ann) -> str:
     """A parameter's type the way a YAML author thinks of it: "tcp|udp", "list[Rule]"."""
     origin, args = typing.get_origin(ann), typing.get_args(ann)
+    if origin is typing.Annotated:      # a checked type such as InterfaceName
+        return _type_text(args[0])
     if origin is typing.Literal:
         return "|".join(str(a) for a in args)
     if origin in (typing.Union, types.UnionType):
@@ -224,25 +227,28 @@ _CHANGES = {
 @cli.command("ls")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def ls_cmd(as_json):
-    """List the deployed chains."""
-    deps = Deployment.all()
+    """List the deployed chains: running, broken (a deploy that stopped half-way:
+    undeploy it) or with an unreadable record."""
+    summaries = [_summary(d) for d in listing()]
     if as_json:
-        click.echo(json.dumps([_summary(d) for d in deps], indent=2))
+        click.echo(json.dumps(summaries, indent=2))
         return
-    if not deps:
+    if not summaries:
         out.print("no chains deployed")
         return
-    table = Table("chain", "mode", "functions", "attached to", "health", box=None)
-    for d in deps:
-        s = _summary(d)
-        table.add_row(s["name"], s["mode"], " -> ".join(s["functions"]),
-                      ", ".join(s["attached"]) or "-", "ok" if not s["problems"] else "; ".join(s["problems"]))
+    table = Table("chain", "state", "mode", "functions", "attached to", "health", box=None)
+    for s in summaries:
+        table.add_row(s["name"], s["state"], s["mode"] or "-", " -> ".join(s["functions"]) or "-",
+                      ", ".join(s["attached"]) or "-", "; ".join(s["problems"]) or "ok")
     out.print(table)
 
 
-def _summary(d: Deployment) -> dict:
-    return {"name": d.name, "mode": d.record["mode"], "state": d.record["state"],
-            "functions": [f["name"] for f in d.record["functions"]],
+def _summary(d: Deployment | RecordError) -> dict:
+    if isinstance(d, RecordError):
+        return {"name": d.name, "state": "unreadable", "mode": None, "functions": [], "attached": [],
+                "problems": [d.message]}
+    return {"name": d.name, "state": d.condition(), "mode": d.record.get("mode"),
+            "functions": [f["name"] for f in d.record.get("functions", [])],
             "attached": [f"{a['interface']}@{a['netns'] or 'root'}" for a in d.record["attachments"]],
             "problems": d.health()}
 
@@ -253,6 +259,11 @@ def status(name):
     """Show one deployed chain: functions, slots, program ids, attachments, health."""
     d = Deployment.get(name)
     r = d.record
+    if d.condition() != "running":
+        out.print(f"chain [bold]{d.name}[/bold]: {d.condition()}, pins {r['pin_dir']}")
+        for problem in d.health():
+            out.print(f"  {escape(problem)}")
+        return
     out.print(f"chain [bold]{d.name}[/bold]: {r['state']}, mode {r['mode']}, generation "
               f"{r['generation']}, {r.get('changes', 0)} live change(s), pins {r['pin_dir']}")
     out.print(f"entry program id {r['entry_prog_id']}")
@@ -361,10 +372,12 @@ def _stats_table(name, stats, rates, all_counters) -> Table:
 @click.argument("name", required=False)
 @click.option("--all", "all_", is_flag=True, help="Undeploy every deployed chain.")
 def undeploy(name, all_):
-    """Detach a chain and remove its pins and record (idempotent)."""
+    """Detach a chain and remove its pins and record (idempotent); also a broken
+    chain, or one whose record is unreadable (its programs are then looked for on
+    every interface)."""
     if not name and not all_:
         raise click.UsageError("name a chain, or pass --all")
-    names = [d.name for d in Deployment.all()] if all_ else [name]
+    names = [d.name for d in listing()] if all_ else [name]
     from ..chain.deploy import undeploy as undeploy_chain
     from ..errors import NotDeployedError
     for n in names:

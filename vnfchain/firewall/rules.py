@@ -14,6 +14,7 @@ from typing import Literal, Union
 from pydantic import Field, ValidationInfo, field_serializer, field_validator, model_validator
 
 from ..functions.base import Params
+from ..names import InterfaceName
 
 PROTO_NAMES = {"icmp": 1, "tcp": 6, "udp": 17, "icmpv6": 58}
 PORT_PROTOS = (6, 17)
@@ -86,8 +87,7 @@ class Rule(Params):
     dport: PortSpec | list[PortSpec] | None = Field(None, description="destination port(s)")
     flags: str | None = Field(None, description="TCP flags, \"syn,!ack\": SYN set and ACK clear")
     icmp_type: str | int | None = Field(None, description="ICMP/ICMPv6 type, by name or number")
-    iif: str | None = Field(None, min_length=1, max_length=15, pattern=r"^[^\s/:]+$",
-                            description="ingress interface name")
+    iif: InterfaceName | None = Field(None, description="ingress interface name")
     ct: str | list[str] | None = Field(None, description="conntrack state(s): new, established, "
                                                           "related, invalid (needs conntrack: true)")
     comment: str = Field("", description="free text, shown in stats")

@@ -150,7 +150,7 @@ from typing import Literal
 
 from pydantic import Field, ValidationError, ValidationInfo, field_validator, model_validator
 
-from .. import bpfsys
+from .. import bpfsys, yamlio
 from ..dpi import l7, l7_maps
 from ..dpi.automaton import Automaton, build, parse_content
 from ..dpi.rules import RuleError, rules
@@ -226,6 +226,10 @@ class DpiParams(Params):
         "drop", description="a request whose name cannot be read for sure from its packet (see the limits): "
         "drop (if a drop rule of its app asks for a name, path or method) or match (as far as it was read); "
         "one for all apps or per app, e.g. {tls: match}; counted as unreadable_<cause>")
+    unparsed: Literal["continue", "drop"] = Field(
+        "continue", description="what frames the parser cannot classify get (too many VLAN tags or "
+                                "IPv6 extension headers, lying lengths, cut headers, fragments other "
+                                "than the first): they are never scanned")
 
     @field_validator("rules_file")
     @classmethod
@@ -240,11 +244,20 @@ class DpiParams(Params):
         if isinstance(data, dict) and isinstance(data.get("rules_file"), str) and data.get("rules_text") is None:
             path = _rules_path(data["rules_file"], info)
             try:
-                with open(path) as f:
-                    data = {**data, "rules_text": f.read()}
+                with open(path, "rb") as f:
+                    raw = f.read(yamlio.MAX_BYTES + 1)
             except OSError as exc:
                 raise ValueError(f"rules_file {path}: {exc.strerror}; check the path "
                                  "(a relative one is relative to the chain file)") from None
+            if len(raw) > yamlio.MAX_BYTES:
+                raise ValueError(f"rules_file {path} is larger than {yamlio.MAX_BYTES >> 20} MiB; "
+                                 "split it or trim it")
+            try:
+                data = {**data, "rules_text": raw.decode()}
+            except UnicodeDecodeError as exc:
+                line = raw[:exc.start].count(b"\n") + 1
+                raise ValueError(f"rules_file {path}: line {line} is not UTF-8 text "
+                                 f"(byte {raw[exc.start]:#04x}); save the file as UTF-8") from None
         return data
 
     @property
@@ -408,7 +421,8 @@ class Dpi(FunctionType):
 
     def template_vars(self, params, ctx):
         dfa, _ = _compiled(params)
-        return {"max_scan": params.max_scan, "sigs": headroom(len(params.all_signatures), 16),
+        return {"max_scan": params.max_scan,
+                "unparsed": "vc_drop_unparsed(meta)" if params.unparsed == "drop" else "VC_CONTINUE", "sigs": headroom(len(params.all_signatures), 16),
                 "table": _table_size(dfa), "heads": _heads(dfa), "matches": _matches(dfa),
                 "events": headroom(params.max_scan, 16) // 2, "work": WORK,
                 **l7_maps.template_vars(params.apps)}

@@ -11,6 +11,43 @@ A rule change is a map update: the new ruleset is written beside the running
 one and switched in with one word, so no packet sees half of each.
 Connection tracking here is the firewall's own table; the NAT keeps its own
 translations (a NAT before or after the firewall sees other tuples).
+
+Frames the parser cannot classify as the kernel would (too many VLAN tags or
+IPv6 extension headers, lying lengths, cut transport headers, tiny first
+fragments, TCP fragments at offset 8) get ``unparsed`` -- by default the
+``default``, so a default-drop firewall drops them, counted as
+``drop_unparsed_<reason>``. A later fragment gets the verdict of its datagram's
+first fragment (remembered 30 s, 4,096 datagrams), or, if that was never seen,
+``unparsed`` too.
+
+Conntrack (conntrack: true) gives every packet a state the rules may match
+(ct: new, established, related, invalid). A TCP flow opens only with a SYN
+(without ACK) and is followed each way, as nf_conntrack does: the next sequence
+number, the right edge the other side allowed (its ack + window, scaled when
+both SYNs offered a window scale) and the largest window and ack. A segment
+outside those bounds (data, FIN or RST), or acking data never sent, is invalid
+and changes nothing, so a blind attacker who knows the ports cannot close or
+move a flow. A RST closes the flow only at the receiver's next sequence number
+(RFC 5961); one inside the window is passed on, the flow kept, for the
+endpoint to answer with a challenge ACK. Flag combinations no TCP stack sends
+(SYN+FIN, SYN+RST, FIN without ACK, URG alone, no flags) are invalid in any state.
+Slack: a retransmission up to the receiver's largest window back, an ack up to
+the sender's largest window (at least 66,000 bytes) behind, anything up to the
+allowed right edge ahead (segments lost before the firewall); SACK blocks are
+not read (the cumulative ack is checked). ICMP: an echo request belongs to its
+flow only the way it was opened, an echo reply only back; other ICMP is never
+established. An error (ICMPv4 unreachable, time exceeded, parameter problem;
+ICMPv6 types 1-4) is related when it quotes a live flow and goes back to the
+quoted packet's sender; a quoted TCP segment must lie in the last window its
+sender sent.
+Limits: a TCP flow first seen mid-stream (conntrack turned on under running
+connections, an entry expired or pushed out of the full table) is not picked
+up: its packets are invalid until it reconnects; a port reused while the old
+flow is still open (its close never seen) is refused until the entry expires
+(timeouts.established);
+simultaneous open is not supported; quoted IPv6 extension headers are not
+walked. `vnfchain stats` counts ct_bad_flags, ct_bad_state, ct_out_of_window,
+ct_rst_in_window and ct_rst_closed.
 """
 from __future__ import annotations
 
@@ -23,12 +60,14 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from .. import bpfsys
+from ..firewall import conntrack as ct_model
 from ..firewall.lbvs import FIELDS, NOT_ICMP, NOT_TCP, NO_PORT, compile_rules
 from ..firewall.rules import CT_STATES, Rule
 from .base import FunctionType, MapSpec, Params, headroom, write_array
 
 VERDICT = {"allow": 0, "drop": 1}   # VC_CONTINUE, VC_DROP
 SHADOW_CHECK_LIMIT = 2000
+FRAGMENTS = 4096   # fragmented datagrams whose later fragments can follow their first
 LABEL_BASE = 16
 
 
@@ -44,8 +83,13 @@ class FirewallParams(Params):
     default: Literal["allow", "drop"] = Field("drop", description="what packets no rule matches get")
     rules: list[Rule] = Field([], max_length=100_000, description="ordered; the first match decides")
     conntrack: bool = Field(False, description="track flows: rules may match ct: new/established/"
-                                               "related/invalid; replies of allowed flows are established")
+                                               "related/invalid; replies of allowed flows are established, "
+                                               "TCP only inside its windows (see above)")
     non_ip: Literal["allow", "drop"] = Field("allow", description="what frames that are not IP get (ARP!)")
+    unparsed: Literal["default", "allow", "drop"] = Field(
+        "default", description="what frames the parser cannot classify get (too many VLAN tags or "
+                               "IPv6 extension headers, lying lengths, cut transport headers, tiny "
+                               "or orphan fragments; see `vnfchain functions`): default = as `default`")
     timeouts: Timeouts = Field(Timeouts(), description="conntrack timeouts, in seconds")
 
     @model_validator(mode="after")
@@ -88,7 +132,7 @@ class Firewall(FunctionType):
     name = "firewall"
     summary = "ordered ACL (CIDR, proto, ports, TCP flags, ICMP, iif, conntrack state) in O(fields)"
     Params = FirewallParams
-    reasons = ("rule", "default_policy")
+    reasons = ("rule", "default_policy", "fragment")
 
     def maps(self, params):
         w = words(params)
@@ -108,9 +152,11 @@ class Firewall(FunctionType):
                     "(version, ifindex) -> candidate rules"),
             MapSpec("ct_bits", "array", 2 * (len(CT_STATES) + 1), "conntrack state -> candidate rules"),
             MapSpec("actions", "array", 2 * w * 64, "rule -> verdict"),
+            MapSpec("frags", "lru_hash", FRAGMENTS, "first fragment (src, dst, id, proto) -> verdict"),
             MapSpec("hits", "percpu_array", w * 64 + 1, "packets per rule; the default's last"),
         ]
         specs.append(MapSpec("flows", "lru_hash", 65536 if params.conntrack else 1, "tracked flows"))
+        specs.append(MapSpec("ct_events", "percpu_array", len(ct_model.EVENTS), "packets conntrack refused or acted on"))
         return specs
 
     def labels(self, params):
@@ -130,12 +176,17 @@ class Firewall(FunctionType):
 
     def warnings(self, params):
         from ..firewall.rules import shadowed
+        out = []
+        if params.default == "allow" and params.unparsed == "default":
+            out.append((("default",), "default: allow also lets through frames the parser cannot "
+                                      "classify, which a drop rule then never sees; add "
+                                      "`unparsed: drop` unless you want that", None))
         if len(params.rules) > SHADOW_CHECK_LIMIT:
-            return [(("rules",), f"{len(params.rules)} rules: the shadowed-rule check (quadratic) "
-                                 f"runs up to {SHADOW_CHECK_LIMIT} rules only", None)]
-        return [(("rules", later), f"rule {later} can never match: rule {earlier} before it matches "
-                                   f"everything it does", ("rules", earlier))
-                for earlier, later in shadowed(params.rules)]
+            return out + [(("rules",), f"{len(params.rules)} rules: the shadowed-rule check (quadratic) "
+                                       f"runs up to {SHADOW_CHECK_LIMIT} rules only", None)]
+        return out + [(("rules", later), f"rule {later} can never match: rule {earlier} before it "
+                                         f"matches everything it does", ("rules", earlier))
+                      for earlier, later in shadowed(params.rules)]
 
     def populate(self, tables, params, ctx):
         RulesetWriter(tables, params, ctx).write()
@@ -150,10 +201,14 @@ class Firewall(FunctionType):
             n = sum(hits.sum_u64((hits.max_entries - 1).to_bytes(4, "little")))
             if n:
                 out["default_hits"] = n
+        if params.conntrack:
+            with maps.open("ct_events") as events:
+                for i, name in enumerate(ct_model.EVENTS):
+                    out[f"ct_{name}"] = sum(events.sum_u64(i.to_bytes(4, "little")))
         return out
 
 
-def fw_defines() -> list[tuple[str, int]]:
+def fw_defines() -> list[tuple[str, int | str]]:
     """The constants the template shares with lbvs.py, generated from it."""
     names = {"src": "SRC", "dst": "DST", "proto": "PROTO", "sport": "SPORT", "dport": "DPORT",
              "flags": "FLAGS", "icmp_type": "ICMP", "iif": "IIF", "ct": "CT"}
@@ -161,7 +216,7 @@ def fw_defines() -> list[tuple[str, int]]:
     out += [("FW_NO_PORT", NO_PORT), ("FW_NOT_TCP", NOT_TCP), ("FW_NOT_ICMP", NOT_ICMP)]
     out += [(f"FW_CT_{s.upper()}", i) for i, s in enumerate(CT_STATES)]
     out += [("FW_CT_UNTRACKED", len(CT_STATES)), ("FW_CT_CLASSES", len(CT_STATES) + 1)]
-    return out
+    return out + ct_model.c_defines()
 
 
 class RulesetWriter:
@@ -188,6 +243,8 @@ class RulesetWriter:
         ver.used = sum(1 << i for i, f in enumerate(FIELDS) if f in c.used)
         ver.nrules = c.nrules
         ver.default_verdict = VERDICT[self.params.default]
+        unparsed = self.params.default if self.params.unparsed == "default" else self.params.unparsed
+        ver.unparsed_verdict = VERDICT[unparsed]
         ver.hash = digest
         cfg_table[cfg_table.Key(0)] = cfg        # the idle version is complete
         cfg.active = new

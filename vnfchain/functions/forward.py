@@ -12,13 +12,13 @@ from __future__ import annotations
 from pydantic import Field
 
 from ..errors import DeployError
+from ..names import InterfaceName
 from .base import FunctionType, MapSpec, Params
 
 
 class ForwardParams(Params):
-    interface: str | None = Field(
-        None, min_length=1, max_length=15, pattern=r"^[^\s/:]+$",
-        description="send every packet out of this interface (in the chain's netns) "
+    interface: InterfaceName | None = Field(
+        None, description="send every packet out of this interface (in the chain's netns) "
                     "unchanged, instead of a FIB lookup")
 
 

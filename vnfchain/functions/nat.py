@@ -28,6 +28,7 @@ from typing import Literal
 from pydantic import Field, field_validator
 
 from ..errors import DeployError
+from ..names import InterfaceName
 from .base import FunctionType, MapSpec, Params, headroom, replace_contents
 
 
@@ -68,8 +69,7 @@ class NatTimeouts(Params):
 
 
 class NatParams(Params):
-    outside: str = Field(min_length=1, max_length=15, pattern=r"^[^\s/:]+$",
-                         description="the interface facing the outside (in the chain's netns)")
+    outside: InterfaceName = Field(description="the interface facing the outside (in the chain's netns)")
     snat: list[SnatRule] = Field([], description="source NAT: [{src, to, ports}]")
     dnat: list[DnatRule] = Field([], description="port forwards: [{proto, port, to, to_port, address}]")
     timeouts: NatTimeouts = Field(NatTimeouts(), description="idle timeouts, in seconds")

@@ -20,10 +20,11 @@ import subprocess
 from dataclasses import dataclass, field
 from typing import Callable
 
+from .. import statedir
 from ..errors import TestbedError
 from . import netlink, services
 from .model import TEMP_IF_PREFIX, End, Link, Topology
-from .record import Record, log_dir, recorded_names
+from .record import Record, check_bed_name, log_dir, recorded_names
 
 Step = Callable[[str], None]
 _temp_counter = itertools.count()
@@ -120,8 +121,7 @@ class Builder:
                              tx_checksum=link.tx_checksum)
 
     def _services(self) -> None:
-        logs = log_dir(self.record.name)
-        logs.mkdir(parents=True, exist_ok=True)
+        logs = statedir.private_dir(log_dir(self.record.name))
         started = []
         for host, spec in self.topo.hosts.items():
             for service in spec.services:
@@ -186,6 +186,7 @@ def orphan_namespaces(name: str) -> list[str]:
 def down(name: str) -> Removed:
     """Take bed ``name`` down from its record; idempotent. Without a record (lost by
     hand), removes the namespaces vc-<name>-* that no other bed claims."""
+    check_bed_name(name)   # it becomes paths that are removed
     try:
         record = Record.read(name)
     except TestbedError:

@@ -19,11 +19,12 @@ sysctls and services, and optional smoke checks::
     checks:
       - {from: client, ping: 198.18.2.2}
 
-Rules checked here, each reported with file:line and key (DESIGN.md section 4):
+Rules checked here, each reported with file:line and key (the test-network rule: RFC 2544 benchmarking addresses only):
 every address, route destination and next hop lies in 198.18.0.0/15 (no
-default route, no IPv6); interface and bridge names fit IFNAMSIZ (15 chars),
-are unique per host and do not start with ``vct`` (reserved for the temporary
-names used while building); addresses are unique in the bed; links and checks
+default route, no IPv6); interface and bridge names are ones the kernel takes
+(``vnfchain.names``) made of letters, digits, '_', '.' and '-', are unique per
+host and do not start with ``vct`` (reserved for the temporary names used while
+building); addresses are unique in the bed; links and checks
 name hosts and bridges that exist; a route's next hop is on one of the host's
 own subnets; sysctls are ``net.*`` (the only per-namespace ones).
 """
@@ -39,12 +40,11 @@ from urllib.parse import urlsplit
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from ..errors import SpecError, TestbedSpecError
+from ..names import interface_error
 from ..yamlio import Locator, load, pydantic_to_spec_error
 
 #: the only addresses a test bed may use: RFC 2544's benchmarking range
 BENCH_NET = IPv4Network("198.18.0.0/15")
-#: Linux IFNAMSIZ minus the terminating NUL
-IFNAME_MAX = 15
 #: prefix of the temporary root-namespace names of veth ends while a bed is built
 TEMP_IF_PREFIX = "vct"
 #: network namespace of a host: ``vc-<bed>-<host>``
@@ -262,11 +262,12 @@ def _check(topo: Topology, loc: Locator) -> None:
     seen_addr: dict[IPv4Address, str] = {}
 
     def check_ifname(host: str, ifname: str, *path):
-        if len(ifname) > IFNAME_MAX:
-            fail(f"interface name '{ifname}' has {len(ifname)} characters; Linux allows at most "
-                 f"{IFNAME_MAX} (IFNAMSIZ); shorten it", *path)
+        kernel_says = interface_error(ifname)
+        if kernel_says:
+            fail(f"{kernel_says}: rename it", *path)
         if not IFNAME.fullmatch(ifname):
-            fail(f"interface name '{ifname}' may only use letters, digits, '_', '.', '-'", *path)
+            fail(f"interface name '{ifname}' may only use letters, digits, '_', '.', '-', and must "
+                 f"start with a letter or digit", *path)
         if ifname.startswith(TEMP_IF_PREFIX):
             fail(f"interface name '{ifname}' starts with '{TEMP_IF_PREFIX}', which is reserved for "
                  "vnfchain's temporary names; rename it", *path)
@@ -278,7 +279,7 @@ def _check(topo: Topology, loc: Locator) -> None:
         for i, addr in enumerate(addrs):
             if addr.ip not in BENCH_NET:
                 fail(f"address {addr} is outside {BENCH_NET}; test beds use only RFC 2544's "
-                     "benchmarking range (DESIGN.md section 4)", *path, i)
+                     "benchmarking range, so test traffic never reaches a real network", *path, i)
             if not addr.network.subnet_of(BENCH_NET):
                 fail(f"address {addr}: subnet {addr.network} reaches outside {BENCH_NET}; "
                      "use a longer prefix (at least /15)", *path, i)
@@ -325,10 +326,10 @@ def _check(topo: Topology, loc: Locator) -> None:
                 fail("a default route is not allowed: test beds never route to the outside; "
                      f"route {BENCH_NET} or a part of it instead", *path, "dst")
             if not route.dst.subnet_of(BENCH_NET):
-                fail(f"route destination {route.dst} is outside {BENCH_NET} (DESIGN.md section 4)",
+                fail(f"route destination {route.dst} is outside {BENCH_NET} (RFC 2544 benchmarking range: test traffic never reaches a real network)",
                      *path, "dst")
             if route.via not in BENCH_NET:
-                fail(f"next hop {route.via} is outside {BENCH_NET} (DESIGN.md section 4)", *path, "via")
+                fail(f"next hop {route.via} is outside {BENCH_NET} (RFC 2544 benchmarking range: test traffic never reaches a real network)", *path, "via")
             if not any(route.via in net for net in subnets):
                 fail(f"next hop {route.via} is not on any subnet of host '{host}' "
                      f"({', '.join(map(str, subnets)) or 'it has no addresses'})", *path, "via")
@@ -351,4 +352,4 @@ def _check(topo: Topology, loc: Locator) -> None:
             fail("check target must be an IPv4 address (http: http://ADDR[:PORT]/..., "
                  "tcp-echo/udp-echo: ADDR:PORT)", "checks", c)
         if addr not in BENCH_NET:
-            fail(f"check target {addr} is outside {BENCH_NET} (DESIGN.md section 4)", "checks", c)
+            fail(f"check target {addr} is outside {BENCH_NET} (RFC 2544 benchmarking range: test traffic never reaches a real network)", "checks", c)

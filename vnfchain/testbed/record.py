@@ -5,7 +5,8 @@ the temporary root-namespace veth names and the service processes (PID and
 start time). ``up`` claims the file with O_EXCL (two ``up`` of one name cannot
 race) and rewrites it atomically after every step, so ``down`` can remove
 exactly what was made even after a crash. Service logs go to
-``/run/vnfchain/testbeds/<name>/``.
+``/run/vnfchain/testbeds/<name>/``. Records and logs are root's alone
+(``vnfchain.statedir``); a bed name is checked before it becomes a path.
 """
 from __future__ import annotations
 
@@ -15,17 +16,30 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from ..errors import TestbedError
+from .. import statedir
+from ..errors import TestbedError, TestbedSpecError
+from .model import BED_NAME
 
-RECORD_DIR = Path("/run/vnfchain/testbeds")
+
+def record_dir(*, create: bool = True) -> Path | None:
+    run = statedir.private_dir(statedir.run_dir(), create=create)
+    return run and statedir.private_dir(run / "testbeds", create=create)
+
+
+def check_bed_name(name: str) -> None:
+    if not BED_NAME.fullmatch(name or ""):
+        raise TestbedSpecError(f"test bed name {name!r} must match [a-z][a-z0-9-]{{0,7}}; "
+                               f"`vnfchain testbed ls` lists the beds that are up", key="name")
 
 
 def record_path(name: str) -> Path:
-    return RECORD_DIR / f"{name}.json"
+    check_bed_name(name)
+    return statedir.run_dir() / "testbeds" / f"{name}.json"
 
 
 def log_dir(name: str) -> Path:
-    return RECORD_DIR / name
+    check_bed_name(name)
+    return statedir.run_dir() / "testbeds" / name
 
 
 @dataclass
@@ -43,13 +57,12 @@ class Record:
     @classmethod
     def claim(cls, name: str, topology: dict, source: str | None) -> "Record":
         """Create the record of a new bed; an existing one means the bed is up."""
-        RECORD_DIR.mkdir(parents=True, exist_ok=True)
+        record_dir()
         try:
-            fd = os.open(record_path(name), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            statedir.create_private(record_path(name))
         except FileExistsError:
             raise TestbedError(f"test bed '{name}' is already up (record {record_path(name)}); "
                                f"run `vnfchain testbed down {name}` first") from None
-        os.close(fd)
         record = cls(name=name, topology=topology, source=source)
         record.save()
         return record
@@ -57,10 +70,16 @@ class Record:
     @classmethod
     def read(cls, name: str) -> "Record | None":
         path = record_path(name)
-        try:
-            text = path.read_text()
-        except FileNotFoundError:
+        if record_dir(create=False) is None:
             return None
+        try:
+            raw = statedir.read_private(path)
+        except OSError as exc:
+            raise TestbedError(f"record {path} is unreadable ({exc.strerror}); remove it and the "
+                               f"namespaces vc-{name}-* by hand (`ip netns del`)") from None
+        if raw is None:
+            return None
+        text = raw.decode("utf-8", "replace")
         if not text.strip():  # claimed, first write not done yet (or crashed right there)
             return cls(name=name, topology={})
         try:
@@ -70,17 +89,12 @@ class Record:
                                f"vc-{name}-* by hand (`ip netns del`)") from None
 
     def save(self) -> None:
-        path = record_path(self.name)
-        tmp = path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(asdict(self), indent=1))
-        os.replace(tmp, path)
+        statedir.write_private(record_path(self.name), json.dumps(asdict(self), indent=1).encode())
 
     def forget(self) -> None:
-        for path in (record_path(self.name), record_path(self.name).with_suffix(".json.tmp")):
-            path.unlink(missing_ok=True)
+        statedir.remove_private(record_path(self.name))
 
 
 def recorded_names() -> list[str]:
-    if not RECORD_DIR.is_dir():
-        return []
-    return sorted(p.stem for p in RECORD_DIR.glob("*.json"))
+    beds = record_dir(create=False)
+    return sorted(p.stem for p in beds.glob("*.json") if BED_NAME.fullmatch(p.stem)) if beds else []

@@ -18,25 +18,36 @@
 #define AF_INET6 10
 #endif
 
-/* parsed once per packet by the entry program; addresses and ports in network order */
+/* parsed once per packet by the entry program (vc_parse.h); addresses and ports
+ * in network order. When unparsed is set, only eth_proto, ip_version, the
+ * addresses (if ip_version), ip_proto, frag and frag_id may be trusted: the
+ * transport fields are zero. */
 struct vc_meta {
 	__u32 saddr[4];     /* IPv4 in saddr[0] */
 	__u32 daddr[4];
 	__u32 flow_hash;    /* of the 5-tuple, for load spreading */
 	__u32 ifindex;      /* ingress interface */
 	__u32 redirect_rc;  /* what bpf_redirect*() returned, for VC_REDIRECT */
+	__u32 frag_id;      /* IPv4 identification or IPv6 fragment id, when frag */
 	__u16 l3_off;       /* network header offset from data (0: not IP) */
-	__u16 l4_off;       /* transport header offset (0: none, or a later fragment) */
-	__u16 eth_proto;    /* host order, after up to two VLAN tags */
+	__u16 l4_off;       /* transport header offset (0: none, e.g. a later fragment) */
+	__u16 payload_off;  /* TCP/UDP payload offset (0: none) */
+	__u16 l3_end;       /* end of the IP datagram by its length field */
+	__u16 eth_proto;    /* host order, after the VLAN tags */
 	__u16 sport;        /* tcp/udp source port; icmp echo identifier */
 	__u16 dport;        /* tcp/udp destination port */
 	__u8  ip_version;   /* 4, 6, or 0 when not IP */
-	__u8  ip_proto;
+	__u8  ip_proto;     /* the transport protocol, after IPv6 extension headers */
 	__u8  tcp_flags;
 	__u8  icmp_type;
 	__u8  icmp_code;
 	__u8  reason;       /* drop reason of a VC_DROP verdict */
+	__u8  frag;         /* VC_FRAG_MORE | VC_FRAG_LATER: an IP fragment */
+	__u8  unparsed;     /* 0, or why the parser could not classify the frame (VC_UNPARSED_*) */
 };
+
+#define VC_FRAG_MORE 1      /* more fragments follow (a first or middle fragment) */
+#define VC_FRAG_LATER 2     /* fragment offset is not 0: no transport header */
 
 /* one row of per-function counters; see vnfchain/chain/verdicts.py */
 struct vc_row {
@@ -74,6 +85,19 @@ static __always_inline int vc_drop(struct vc_meta *meta, __u8 reason)
 {
 	meta->reason = reason;
 	return VC_DROP;
+}
+
+/* has more than age ns passed since stamp? Signed: another CPU may have
+ * stamped an entry after this one read the clock, and that is not "long ago" */
+static __always_inline int vc_older_than(__u64 now, __u64 stamp, __u64 age)
+{
+	return (__s64)(now - stamp) > (__s64)age;
+}
+
+/* drop a frame the parser could not classify, counted under its reason */
+static __always_inline int vc_drop_unparsed(struct vc_meta *meta)
+{
+	return vc_drop(meta, VC_REASON_UNPARSED_BASE + meta->unparsed);
 }
 
 /* rc is what bpf_redirect()/bpf_redirect_map() returned */

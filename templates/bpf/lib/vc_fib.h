@@ -23,7 +23,8 @@ static __always_inline int vc_fib_forward(struct xdp_md *ctx, struct vc_meta *me
 	struct ipv6hdr *ip6 = 0;
 	long rc;
 
-	if (!eth)
+	/* a VLAN-tagged frame goes to the stack, which knows its VLAN devices */
+	if (!eth || meta->l3_off != sizeof(*eth))
 		return VC_PASS;
 	if (meta->ip_version == 4) {
 		ip = vc_at(ctx, meta->l3_off, sizeof(*ip));
@@ -40,7 +41,7 @@ static __always_inline int vc_fib_forward(struct xdp_md *ctx, struct vc_meta *me
 		if (!ip6 || ip6->hop_limit <= 1)
 			return VC_PASS;
 		fib.family = AF_INET6;
-		fib.l4_protocol = ip6->nexthdr;
+		fib.l4_protocol = meta->ip_proto;   /* after extension headers */
 		fib.tot_len = ntohs(ip6->payload_len);
 		__builtin_memcpy(fib.ipv6_src, &ip6->saddr, 16);
 		__builtin_memcpy(fib.ipv6_dst, &ip6->daddr, 16);

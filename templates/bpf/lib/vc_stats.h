@@ -26,6 +26,13 @@ static __always_inline void vc_count_verdict(struct vc_row *row, int verdict, st
 		vc_count(row, VC_CTR_REASON_BASE + meta->reason);
 }
 
+/* the entry counts every frame its parser could not classify, by reason */
+static __always_inline void vc_count_unparsed(struct vc_row *row, const struct vc_meta *meta)
+{
+	if (meta->unparsed)
+		vc_count(row, VC_CTR_UNPARSED_BASE + meta->unparsed);
+}
+
 /* a tail call returns only when its slot is empty: count it, end in on_miss */
 static __always_inline int vc_tail_call_missed(struct vc_row *row)
 {
