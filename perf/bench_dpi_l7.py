@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import os
 import ssl
-import statistics
 import sys
 from pathlib import Path
 
@@ -29,7 +28,7 @@ from scapy.layers.l2 import Ether
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from vnfchain import Chain, bpfsys  # noqa: E402
-from results_io import save, stamp  # noqa: E402  (beside this script)
+from results_io import interleaved_medians, save, stamp  # noqa: E402  (beside this script)
 from vnfchain.dpi.synthetic import client_hello  # noqa: E402
 from vnfchain.testrun import run_xdp  # noqa: E402
 
@@ -123,17 +122,13 @@ def main() -> None:
         for fd in fds.values():
             for name, frame in PACKETS.items():
                 assert run_xdp(fd, frame).action == "XDP_PASS", (name, "a rule matched")
-        samples = {(who, name): [] for who in fds for name in PACKETS}
-        for _ in range(args.rounds):
-            for name, frame in PACKETS.items():
-                for who, fd in fds.items():
-                    samples[who, name].append(run_xdp(fd, frame, repeat=args.repeat).duration_ns)
+        median = interleaved_medians({(who, name): (fd, frame) for name, frame in PACKETS.items()
+                                      for who, fd in fds.items()}, args.rounds, args.repeat)
         for fd in fds.values():
             os.close(fd)
     finally:
         for dep in deps.values():
             dep.undeploy()
-    median = {key: statistics.median(v) for key, v in samples.items()}
     data = stamp(repeat=args.repeat, rounds=args.rounds, verified_insns={args.label: insns, args.against_label: other},
                  ns_per_packet={who: {name: median[who, name] for name in PACKETS} for who in fds})
     columns = list(fds)
