@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import os
 import random
-import statistics
 import sys
 from pathlib import Path
 
@@ -25,7 +24,7 @@ from scapy.layers.l2 import Ether
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from vnfchain import Chain  # noqa: E402
-from results_io import save, stamp  # noqa: E402  (beside this script)
+from results_io import interleaved_medians, save, stamp  # noqa: E402  (beside this script)
 from vnfchain.dpi import synthetic  # noqa: E402
 from vnfchain.functions import dpi  # noqa: E402
 from vnfchain.testrun import run_xdp  # noqa: E402
@@ -80,16 +79,12 @@ def main() -> None:
         frames = {(label, kind, n): frame(payload(kind, n)) for label, kind in columns for n in SIZES}
         for (label, kind, n), f in frames.items():
             assert run_xdp(fds[label], f).action == "XDP_PASS", (label, kind, n, "a signature matched")
-        samples = {key: [] for key in frames}
-        for _ in range(args.rounds):
-            for (label, kind, n), f in frames.items():
-                samples[label, kind, n].append(run_xdp(fds[label], f, repeat=args.repeat).duration_ns)
+        median = interleaved_medians({key: (fds[key[0]], f) for key, f in frames.items()}, args.rounds, args.repeat)
         for fd in fds.values():
             os.close(fd)
     finally:
         for dep in deps.values():
             dep.undeploy()
-    median = {key: statistics.median(v) for key, v in samples.items()}
     per_byte = {col: (median[(*col, SIZES[-1])] - median[(*col, SIZES[1])]) / (SIZES[-1] - SIZES[1])
                 for col in columns}
     data = stamp(repeat=args.repeat,

@@ -81,6 +81,13 @@ def prog_id(fd: int) -> int:
     return int.from_bytes(_info(fd)[4:8], "little")
 
 
+def verified_insns(fd: int) -> int:
+    """Instructions the verifier explored to load the program (every path
+    counted): what its 1,000,000 budget is spent on. struct bpf_prog_info
+    holds it at byte 216 (kernel 5.16 on; 0 before)."""
+    return int.from_bytes(_info(fd)[216:220], "little")
+
+
 def map_info(fd: int) -> dict[str, int]:
     """struct bpf_map_info: type, id, key_size, value_size, max_entries, map_flags."""
     raw = _info(fd)

@@ -2,11 +2,16 @@
 (Python's ssl) and a DNS resolver query. What a rule forbids never reaches the
 server (the connection or query times out); everything else is answered; HTTP
 and TLS take their own branches; an alert reaches `vnfchain events` running as
-a separate process after deploy has returned."""
+a separate process after deploy has returned. Evasions do not get a banned
+name through: curl through a proxy (absolute-form target) or with a target
+and a Host header that disagree, blank lines before a request, a ClientHello
+with its SNI behind 300 extensions or split over two TLS records (sent to the
+bed's TLS server), a DNS query of two questions."""
 from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 import textwrap
@@ -15,7 +20,10 @@ import pytest
 
 from tests.chain_fixtures import chain_name
 from vnfchain import Chain
+from vnfchain.dpi.synthetic import client_hello
 from vnfchain.errors import TestbedError
+from vnfchain.testbed.agent import dns_name
+from vnfchain.testbed.netlink import socket_in
 
 pytestmark = pytest.mark.root
 
@@ -100,3 +108,68 @@ def test_an_alert_reaches_vnfchain_events_in_another_process(sfc_bed, dpi_chain)
     event = json.loads(out)
     assert (event["id"], event["app"], event["name"]) == (7, "dns", "watch.example")
     assert (event["src"], event["dst"], event["dport"], event["proto"]) == (client, server, 53, "udp")
+
+
+# -- evasions -------------------------------------------------------------------------
+
+def curl(bed, *args, timeout: float = 1.5) -> subprocess.CompletedProcess:
+    return bed.exec("client", ["curl", "-sS", "--max-time", f"{timeout:g}", *args])
+
+
+def counted(dep, before: dict, name: str) -> int:
+    return dep.stats()["dpi"].get(name, 0) - before.get(name, 0)
+
+
+def test_the_target_of_a_request_decides_its_host(sfc_bed, dpi_chain):
+    """curl through a proxy sends GET http://host/ (absolute-form): the target's
+    host is matched; a target and a Host header that disagree reach nothing."""
+    server = sfc_bed.addr("server")
+    before = dpi_chain.stats()["dpi"]
+    assert curl(sfc_bed, "-x", f"http://{server}:80", "http://www.good.example/", timeout=3).stdout == "server\n"
+    assert curl(sfc_bed, "-x", f"http://{server}:80", "http://www.bad.example/").returncode != 0
+    for target, host in (("http://www.bad.example/", "www.good.example"), ("http://www.good.example/", "www.bad.example")):
+        assert curl(sfc_bed, "--noproxy", "*", "--request-target", target, "-H", f"Host: {host}",
+                    f"http://{server}/").returncode != 0
+    assert counted(dpi_chain, before, "app1000_hits") >= 1
+    assert counted(dpi_chain, before, "unreadable_http_host_ambiguous") >= 2
+
+
+def test_blank_lines_before_a_request_do_not_hide_it(sfc_bed, dpi_chain):
+    server = sfc_bed.addr("server")
+    request = b"\r\n\n\r\nGET / HTTP/1.1\r\nHost: %s\r\n\r\n"
+    assert sfc_bed.tcp_echo("client", server, 7, request % b"www.good.example") == request % b"www.good.example"
+    with pytest.raises(TestbedError, match="timed out"):
+        sfc_bed.tcp_echo("client", server, 7, request % b"www.bad.example", timeout=1.5)
+
+
+def tls_answer(bed, server: str, hello: bytes, timeout: float = 1.5) -> bytes | None:
+    """Send a ClientHello to the bed's TLS server: the header of the record it answers with, or None."""
+    with socket_in(bed.netns("client"), socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.settimeout(timeout)
+        sock.connect((server, 443))
+        sock.sendall(hello)
+        try:
+            return sock.recv(5)
+        except TimeoutError:
+            return None
+
+
+def test_the_sni_behind_300_extensions_is_seen_and_a_split_client_hello_dropped(sfc_bed, dpi_chain):
+    server = sfc_bed.addr("server")
+    before = dpi_chain.stats()["dpi"]
+    answer = tls_answer(sfc_bed, server, client_hello("shop.example", before=300), timeout=3)
+    assert answer and answer[0] in (0x15, 0x16)             # the server answered (a handshake or an alert)
+    assert tls_answer(sfc_bed, server, client_hello("banned.example", before=300)) is None
+    assert tls_answer(sfc_bed, server, client_hello("shop.example", record_split=60)) is None
+    assert counted(dpi_chain, before, "app1001_hits") >= 1
+    assert counted(dpi_chain, before, "unreadable_tls_sni_unreached") >= 1
+
+
+def test_a_dns_query_of_two_questions_is_not_answered(sfc_bed, dpi_chain):
+    server = sfc_bed.addr("server")
+    question = dns_name("www.example") + b"\0\1\0\1"
+    one = b"\x12\x34\1\0\0\1" + bytes(6) + question
+    two = b"\x12\x35\1\0\0\2" + bytes(6) + question + dns_name("c2.evil.example") + b"\0\1\0\1"
+    assert sfc_bed.udp_echo("client", server, 53, one) is not None
+    assert sfc_bed.udp_echo("client", server, 53, two, timeout=1.0) is None
+    assert dpi_chain.stats()["dpi"]["unreadable_dns_questions"] >= 1

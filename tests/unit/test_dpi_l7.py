@@ -1,6 +1,8 @@
-"""App rules of the dpi function without BPF: their validation, and the trie
-the kernel looks names up in, held to the plain definition (every rule whose
-pattern matches, read off the longest matching key alone)."""
+"""App rules of the dpi function without BPF: their validation, the trie the
+kernel looks names up in, held to the plain definition (every rule whose
+pattern matches, read off the longest matching key alone), the reference
+parsers (how a request is read, evasions included) and the `unreadable`
+policy."""
 from __future__ import annotations
 
 import random
@@ -8,8 +10,11 @@ import random
 import pytest
 from pydantic import ValidationError
 
-from vnfchain.dpi.l7 import (KINDS, NAME_MAX, TRUNCATED, AppRule, Request, first_app_rule, name_key,
-                             path_key, trie_entries)
+from vnfchain.dpi.l7 import (DROPPED_UNREADABLE, HTTP_LEADING, KINDS, NAME_MAX, TRUNCATED, UNREADABLE, AppRule,
+                             Request, byte_classes, decide, dns_query, fails_closed, first_app_rule, http_request,
+                             identify, method_masks, method_token, name_key, path_key, tls_hello, trie_entries,
+                             unreadable_cause)
+from vnfchain.dpi.synthetic import client_hello
 from vnfchain.functions.dpi import DpiParams
 
 
@@ -94,3 +99,132 @@ def test_the_help_tells_the_rules_file_and_id_semantics():
     assert "the first signature in the list that matches decides (Suricata orders by action" in text
     assert "one unsupported rule rejects the whole file" in text
     assert "default to 1000 + the rule's position in ``apps``: inserting a rule renumbers the counters" in text
+
+
+# -- the reference parsers: what a request is, as the kernel is held to read it ----------
+
+@pytest.mark.parametrize("payload,want", [
+    (b"GET /a HTTP/1.1\r\nHost: WWW.Example:80\r\n\r\n", Request("http", "WWW.Example", "GET", "/a")),
+    (b"\r\n\n\r\nPOST /a HTTP/1.1\nHost: x.example\n\n", Request("http", "x.example", "POST", "/a")),
+    (b"\n" * HTTP_LEADING + b"GET / HTTP/1.1\r\n\r\n", Request("http", None, "GET", "/")),
+    (b"\n" * (HTTP_LEADING + 1) + b"GET / HTTP/1.1\r\n\r\n", Request("http", unreadable="http_blank_lines")),
+    (b"GET\t \x0b/a b HTTP/1.1\r\n\r\n", Request("http", None, "GET", "/a")),
+    (b"GET hTTps://u:p@Bad.Example:8443/x?y HTTP/1.1\r\nHost: ok.example\r\n\r\n",
+     Request("http", "Bad.Example", "GET", "/x?y", host_header="ok.example")),
+    (b"GET http://[2001:db8::1]:80?q HTTP/1.1\r\n\r\n", Request("http", "[2001:db8::1]", "GET", "/?q")),
+    (b"CONNECT bad.example:443 HTTP/1.1\r\n\r\n", Request("http", "bad.example", "CONNECT")),
+    (b"GET http:/bad.example/ HTTP/1.1\r\nHost: ok.example\r\n\r\n",
+     Request("http", "ok.example", "GET", "http:/bad.example/")),
+    (b"GET http://a@b@bad.example/ HTTP/1.1\r\n\r\n", Request("http", method="GET", unreadable="http_request_line")),
+    (b"GET " + b"s" * 17 + b"://bad.example/ HTTP/1.1\r\n\r\n",
+     Request("http", method="GET", unreadable="http_request_line")),
+    (b"GET / HTTP/1.1\r\nHost: a.example\r\nHOST: b.example\r\n\r\n",
+     Request("http", "a.example", "GET", "/", "http_host_ambiguous")),
+    (b"GET / HTTP/1.1\r\nHost: a.example\r\n b.example\r\n\r\n",
+     Request("http", "a.example", "GET", "/", "http_host_ambiguous")),
+    (b"GET / HTTP/1.1\r\nHost\t: a.example\r\n\r\n", Request("http", None, "GET", "/", "http_host_ambiguous")),
+    (b"GET / HTTP/1.1\r\nAccept: */*\r\n", Request("http", None, "GET", "/", "http_host_unseen")),
+    (b"GET / HTTP/1.1\r\nHost: a.exa", Request("http", None, "GET", "/", "http_host_unseen")),
+    (b"GET / HTTP/1.1\r\nAccept: */*\r\n\r\n", Request("http", None, "GET", "/")),   # HTTP/1.0 style: no Host
+    (b"PO", Request("http", unreadable="http_request_line")),
+    (b"PX", None),
+    (b"get / HTTP/1.1\r\n\r\n", None),
+])
+def test_http_requests_read_as_servers_read_them(payload, want):
+    assert http_request(payload) == want
+
+
+@pytest.mark.parametrize("hello,want", [
+    (client_hello("a.example", before=400), Request("tls", "a.example")),
+    (client_hello(None, names=[(1, b"x"), (0, b"a.example")]), Request("tls", "a.example")),
+    (client_hello(None, names=[(1, b"x")]), Request("tls")),
+    (client_hello(None), Request("tls")),
+    (client_hello("a.example", record_split=80), Request("tls", unreadable="tls_sni_unreached")),
+    (client_hello("a.example", record_split=400), Request("tls", "a.example")),
+    (client_hello("a.example")[:105], Request("tls", unreadable="tls_sni_unreached")),
+    (b"\x16", Request("tls", unreadable="tls_sni_unreached")),
+    (b"\x16\x03\x01\x00\x05\x02\x00\x00\x01\x00", None),        # a ServerHello
+    (b"\x17\x03\x03\x00\x05hello", None),                      # application data
+])
+def test_client_hellos_are_walked_to_the_end_of_the_first_record(hello, want):
+    assert tls_hello(hello) == want
+
+
+def query(name: bytes, questions: int = 1) -> bytes:
+    return b"\x12\x34\1\0" + questions.to_bytes(2, "big") + bytes(6) + name + b"\0\1\0\1"
+
+
+@pytest.mark.parametrize("payload,tcp,want", [
+    (query(b"\3www\4evil\7example\0"), False, Request("dns", "www.evil.example")),
+    (query(b"\3www\4evil\7example\0", 2), False, Request("dns", "www.evil.example", unreadable="dns_questions")),
+    (query(b"\3www\xc0\x0c"), False, Request("dns", unreadable="dns_name_unread")),
+    (query(b"\1a" * 128 + b"\0"), False, Request("dns", unreadable="dns_name_unread")),
+    (query(b"\0", 0), False, None),
+    (b"\0\x1d" + query(b"\4evil\7example\0"), True, Request("dns", "evil.example")),
+    (b"\0\x1d", True, Request("dns", unreadable="dns_name_unread")),
+])
+def test_dns_queries(payload, tcp, want):
+    assert dns_query(payload, tcp) == want
+
+
+def test_identify_tries_http_then_tls_then_dns_on_port_53():
+    assert identify(b"GET / HTTP/1.1\r\n\r\n", "tcp", 53).app == "http"
+    assert identify(client_hello("a.example"), "tcp", 8443).app == "tls"
+    assert identify(query(b"\1a\0"), "udp", 5353) is None
+    assert identify(b"\0\x0f" + query(b"\1a\0"), "tcp", 53) == Request("dns", "a")
+
+
+def rules(*specs):
+    return [AppRule(**s) for s in specs]
+
+
+def test_an_ambiguous_host_is_one_that_other_rules_match():
+    apps = rules({"app": "http", "host": "*.bad.example", "action": "drop"}, {"app": "http", "action": "pass"})
+    same = Request("http", "a.bad.example", "GET", "/", host_header="b.bad.example")
+    other = Request("http", "ok.example", "GET", "/", host_header="a.bad.example")
+    assert unreadable_cause(apps, same) is None
+    assert unreadable_cause(apps, other) == "http_host_ambiguous"
+    assert decide(apps, other, {"http": "drop"}) == DROPPED_UNREADABLE
+    assert decide(apps, other, {"http": "match"}) == 1              # the target decides
+
+
+def test_unreadable_fails_closed_only_where_a_drop_rule_asks_for_more_than_the_app():
+    policy = {"http": "drop", "tls": "drop", "dns": "match"}
+    assert fails_closed(rules({"app": "http", "path": "/a", "action": "drop"}), "http", policy)
+    assert fails_closed(rules({"app": "http", "method": ["DELETE"], "action": "drop"}), "http", policy)
+    assert not fails_closed(rules({"app": "http", "action": "drop"}), "http", policy)
+    assert not fails_closed(rules({"app": "tls", "sni": "a.example", "action": "alert"}), "tls", policy)
+    assert not fails_closed(rules({"app": "dns", "qname": "a.example", "action": "drop"}), "dns", policy)
+
+
+def test_unreadable_is_one_policy_or_one_per_app():
+    base = {"apps": [{"app": "dns", "action": "drop"}]}
+    assert DpiParams(**base).unreadable_policy == {"http": "drop", "tls": "drop", "dns": "drop"}
+    assert DpiParams(**base, unreadable="match").unreadable_policy == {"http": "match", "tls": "match", "dns": "match"}
+    assert DpiParams(**base, unreadable={"tls": "match"}).unreadable_policy == {"http": "drop", "tls": "match",
+                                                                                "dns": "drop"}
+    for wrong in ("block", {"ftp": "drop"}, {"tls": "pass"}):
+        with pytest.raises(ValidationError, match="unreadable"):
+            DpiParams(**base, unreadable=wrong)
+
+
+def test_the_kernel_tables_come_from_the_reference():
+    table = byte_classes()
+    bits = {name: 1 << i for i, name in enumerate(["separator", "authority_end", "path_end"])}
+    assert len(table) == 2 * 256 + 256
+    assert [c for c in range(256) if int.from_bytes(table[2 * c:2 * c + 2], "little") & bits["separator"]] == \
+        [0x09, 0x0B, 0x0C, 0x0D, 0x20]
+    assert table[512 + ord("Q")] == ord("q") and table[512 + 0xC4] == 0xC4      # ASCII letters only
+    masks = method_masks(rules({"app": "http", "method": ["GET"], "action": "drop"}, {"app": "http", "action": "pass"}))
+    assert masks[b"GET "] == 0b11 and masks[b"POST "] == 0b10
+    assert masks[b"GE"] == masks[b"GET"] == masks[b""] == 0b10       # cut short or none: no method known
+    assert method_token(b"GET ") == 0x20544547
+
+
+def test_the_help_tells_the_unreadable_causes_and_the_limits():
+    from click.testing import CliRunner
+    from vnfchain.cli import cli, commands  # noqa: F401
+    text = " ".join(CliRunner().invoke(cli, ["functions", "dpi"]).output.split())
+    for cause in UNREADABLE:
+        assert f"unreadable_{cause}" in text or cause in text
+    assert "RFC 9112 3.2.2" in text and "post-quantum" in text and "unreadable: {tls: match}" in text

@@ -7,13 +7,15 @@ import struct
 
 from .. import bpfsys
 from ..functions.base import MapSpec, headroom, write_array
-from .l7 import (HTTP_SCAN, KINDS, MAX_RULES, METHODS, NAME_MAX, PATH_KIND, TRUNCATED, AppRule,
+from . import l7
+from .l7 import (KINDS, MAX_RULES, NAME_MAX, PATH_KIND, TRUNCATED, UNREADABLE, AppRule, fails_closed,
                  method_masks, method_token, rule_ids, trie_entries)
 
 EVENT_RING_BYTES = 256 * 1024
 EVENT = struct.Struct("<QII16s16sHHBBBx")       # struct <p>_event without its name
 PROTO_NAMES = {6: "tcp", 17: "udp"}
 APP_NAMES = {0: "signature", **{v: k for k, v in KINDS.items()}}
+UNREADABLE_SLOTS = 8     # per version: one per app kind (kind & 7)
 
 
 def map_specs(rules: list[AppRule], sigs: int) -> list[MapSpec]:
@@ -22,9 +24,13 @@ def map_specs(rules: list[AppRule], sigs: int) -> list[MapSpec]:
     return [
         MapSpec("names", "lpm_trie", headroom(2 * len(trie_entries(rules)), 16),
                 "version and kind byte, reversed name or path -> rules"),
-        MapSpec("methods", "hash", headroom(len(METHODS), 16), "HTTP method -> rules, per version"),
+        MapSpec("methods", "hash", headroom(len(method_masks([])), 16),
+                "HTTP method (or its start) -> rules, per version"),
         MapSpec("apps", "array", 2 * MAX_RULES, "per version: app rules in order"),
         MapSpec("app_hits", "percpu_hash", MAX_RULES, "packets per app rule id"),
+        MapSpec("unreadable", "array", 2 * UNREADABLE_SLOTS, "per version and app: what an unreadable request gets"),
+        MapSpec("unreadable_counts", "percpu_array", len(UNREADABLE) + 1, "unreadable requests per cause"),
+        MapSpec("l7_classes", "array", 1, "byte -> its classes for the parsers, and lowercased"),
         MapSpec("sig_ids", "array", 2 * sigs, "per version: signature ids, for counters and events"),
         MapSpec("events", "ringbuf", EVENT_RING_BYTES, "alert events"),
     ]
@@ -32,21 +38,27 @@ def map_specs(rules: list[AppRule], sigs: int) -> list[MapSpec]:
 
 def template_vars(rules: list[AppRule]) -> dict:
     # whether there are rules, not how many: adding one stays a config change
-    return {"l7": {"name_max": NAME_MAX, "http_scan": HTTP_SCAN, "on": int(bool(rules)),
-                   "kinds": {**KINDS, "path": PATH_KIND}}}
+    limits = {name: getattr(l7, name) for name in (
+        "NAME_MAX", "HTTP_LEADING", "HTTP_GAP", "SCHEME_MAX", "HOST_MAX", "HTTP_SCAN", "SNI_NAMES",
+        "DNS_MAX_LABELS")}
+    return {"l7": {"limits": limits, "on": int(bool(rules)), "kinds": {**KINDS, "path": PATH_KIND},
+                   "causes": {cause: i + 1 for i, cause in enumerate(UNREADABLE)},
+                   "classes": {name: 1 << i for i, name in enumerate(l7.BYTE_CLASSES)},
+                   "connect": method_token(b"CONNECT ")}}
 
 
-_POPULATED = ("names", "methods", "apps", "app_hits", "sig_ids")
+_POPULATED = ("names", "methods", "apps", "app_hits", "sig_ids", "unreadable", "l7_classes")
 
 
 def open_maps(tables, stack) -> dict:
     return {n: stack.enter_context(tables.open(n)) for n in _POPULATED}
 
 
-def write_version(maps: dict, v: int, rules: list[AppRule], verdicts: list[int], signature_ids: list[int]) -> None:
+def write_version(maps: dict, v: int, rules: list[AppRule], verdicts: list[int], signature_ids: list[int],
+                  unreadable: dict[str, str]) -> None:
     """Fill version v (the idle one) of the app rule maps. ``verdicts``: each
-    rule's verdict as the kernel spells it."""
-    from ..functions.dpi import UNUSED
+    rule's verdict as the kernel spells it; ``unreadable``: the policy per app."""
+    from ..functions.dpi import UNUSED, VERDICTS
     names = maps["names"]
     for key in list(names.keys()):      # whatever this version held before
         if key[4] >> 7 == v:
@@ -56,14 +68,20 @@ def write_version(maps: dict, v: int, rules: list[AppRule], verdicts: list[int],
         data = bytes([data[0] | v << 7]) + data[1:]
         names[(8 * len(data)).to_bytes(4, "little") + data.ljust(key_bytes - 4, b"\0")] = mask.to_bytes(8, "little")
     methods = maps["methods"]
-    for m, mask in method_masks(rules).items():
-        key = method_token(m).to_bytes(8, "little")
+    for token, mask in method_masks(rules).items():
+        key = method_token(token).to_bytes(8, "little")
         both = list(struct.unpack("<2Q", (methods.lookup(key) or [bytes(16)])[0]))
         both[v] = mask
         methods[key] = struct.pack("<2Q", *both)
     apps = [x.to_bytes(4, "little", signed=True) + i.to_bytes(4, "little") for x, i in zip(verdicts, rule_ids(rules))]
     unused = UNUSED.to_bytes(4, "little", signed=True) + bytes(4)
     write_array(maps["apps"], v * MAX_RULES, apps + [unused] * (MAX_RULES - len(apps)))
+    write_array(maps["l7_classes"], 0, [l7.byte_classes()])     # the same for every version
+    app_of = {kind: app for app, kind in KINDS.items()}
+    # VC_DROP, or VC_CONTINUE (the alert verdict): matched as far as it was read
+    policy = [VERDICTS["drop"] if kind in app_of and fails_closed(rules, app_of[kind], unreadable)
+              else VERDICTS["alert"] for kind in range(UNREADABLE_SLOTS)]
+    write_array(maps["unreadable"], v * UNREADABLE_SLOTS, [x.to_bytes(4, "little", signed=True) for x in policy])
     sig_ids = maps["sig_ids"]
     per = sig_ids.max_entries // 2
     write_array(sig_ids, v * per, [i.to_bytes(4, "little") for i in signature_ids]
@@ -90,6 +108,10 @@ def read_counters(maps, rules: list[AppRule]) -> dict[str, int]:
             n = sum(hits.sum_u64(rule_id.to_bytes(4, "little")))
             if n:
                 out[f"app{rule_id}_hits"] = n
+    with maps.open("unreadable_counts") as unread:
+        for i, cause in enumerate(UNREADABLE):
+            if n := sum(unread.sum_u64((i + 1).to_bytes(4, "little"))):
+                out[f"unreadable_{cause}"] = n
     with maps.open("alerts") as alerts:
         sent, lost = alerts.sum_u64(bytes(4))
     return out | {"alerts_sent": sent, "alerts_lost": lost}

@@ -40,32 +40,88 @@ kept by signature / app rule id: a change keeps those of rules it keeps.
 
 App rules (``apps``) name an application and, optionally, what it asks for:
 ``http`` (``host``, ``method``, ``path`` prefix), ``tls`` (``sni``, from the
-ClientHello) or ``dns`` (``qname`` of a UDP/53 query). Names are compared
-case-insensitively, exactly or as ``*.domain`` (any name below domain, not
-domain itself); a rule without a name matches the whole application, e.g.
-``{app: http, action: label, label: web}`` sends HTTP one way and
-``{app: tls, action: label, label: tls}`` TLS another. App rules see what the
-signatures let continue; the first matching rule decides. ``action: alert``
-(signatures too) also sends an event with the rule id, the 5-tuple and the
-name: ``vnfchain events CHAIN`` prints them. App rule ids (``id``, counted as
-app<ID>_hits) default to 1000 + the rule's position in ``apps``: inserting a
+ClientHello) or ``dns`` (``qname`` of a query on UDP/53 or TCP/53). Names are
+compared case-insensitively, exactly or as ``*.domain`` (any name below
+domain, not domain itself); a rule without a name matches the whole
+application, e.g. ``{app: http, action: label, label: web}`` sends HTTP one way
+and ``{app: tls, action: label, label: tls}`` TLS another. App rules see what
+the signatures let continue; the first matching rule decides. ``action:
+alert`` (signatures too) also sends an event with the rule id, the 5-tuple and
+the name: ``vnfchain events CHAIN`` prints them. App rule ids (``id``, counted
+as app<ID>_hits) default to 1000 + the rule's position in ``apps``: inserting a
 rule renumbers the counters of those after it, and a signature id (sid) of
 1000 or more can clash with a default (an error saying where each comes from)
 — give ids to the rules whose counters you follow.
 
-Limits of app rules: up to 64; the request line and Host must be in the
-first packet of the connection, Host within its first 512 bytes and before
-the end of the headers (lines may end in CR LF or a bare LF), its value after
-at most 16 blanks (more: the Host is not seen). A ClientHello is TLS when its
-TLS record starts the packet's payload (one without server_name, e.g. to an
-IP address, matches rules without sni only), and its SNI is seen only in that
-first record and TCP segment: a ClientHello split across TLS records or TCP
-segments has its SNI missed, and the segments after its first are not
-identified as TLS at all. DNS: one question, UDP only, no TCP/53 (a query
-whose name is cut short by the packet or compressed is still DNS, matched by
-rules without a qname only). Names are compared on their last 64 bytes (a
-longer name matches wildcards of up to 64 bytes, never an exact name); paths
-on their first 64 bytes, raw (no %-decoding).
+How a request is read: as the servers behind the chain read it, from the
+packet that starts it (no reassembly).
+- HTTP: CR and LF bytes before the request line are skipped, up to 1,024 (RFC
+  9112 2.2; nginx skips any number, Apache ten lines). Method and target may be
+  apart by up to 17 of SP, HTAB, VT, FF, CR (RFC 9112 3). A target that names a
+  host — absolute-form (``GET http://user@Host:port/path``, any scheme in any
+  case, an IPv6 literal in [...]) or CONNECT's authority-form — gives the host
+  the rules see, and its path the path ("/" if empty): RFC 9112 3.2.2 has a
+  server use it and ignore the Host header. Otherwise the host is the first
+  Host header's (any case, after up to 16 blanks, without userinfo@ and :port),
+  looked for in the 1,024 bytes from the target on, up to the empty line that
+  ends the headers (lines may end in CR LF or a bare LF).
+- TLS: a payload that starts a TLS handshake record holding a ClientHello;
+  every extension of that first record, as far as this packet holds it, is
+  walked to server_name, and in it to the first name of type host_name (up to
+  16 names read). A ClientHello without server_name (e.g. to an IP address)
+  matches rules without sni only.
+- DNS: the first question of a query (UDP/53, or TCP/53 behind its length).
+
+Unreadable requests: where the name (path, method) cannot be told for sure,
+the request is counted in ``vnfchain stats`` as unreadable_<cause>, and
+``unreadable`` (for all apps, or per app: ``unreadable: {tls: match}``) says
+what it gets: ``drop`` (the default) drops it (reason app_unreadable) if a
+drop rule of its app asks for a name, path or method — what could be hidden —
+and otherwise matches it as ``match`` does; ``match`` matches it as far as it
+was read (the first Host, the target's host, the first question, or no name).
+Causes:
+- http_blank_lines: more than 1,024 CR/LF bytes before the request line;
+- http_request_line: the packet ends inside the method or target (a request
+  split over TCP segments), more separators than are skipped, a scheme over 16
+  bytes, an authority over 256 bytes, with two "@" or without a host;
+- http_host_unseen: no Host in the bytes read while the headers go on (past
+  the packet or the 1,024 bytes), or a Host value cut short by the packet;
+- http_host_ambiguous: two Host headers, a folded line (obs-fold: a header
+  line starting with a blank), blanks before the Host colon or more than 16
+  before its value, a Host value over 256 bytes or with two "@", or a target
+  naming a host that other rules match than the Host header's (``match``: the
+  target decides);
+- tls_sni_unreached: the ClientHello's extensions go on past this packet or
+  its first TLS record (a ClientHello split over TCP segments or TLS records),
+  a record too short for a handshake header (an empty record first), or more
+  than 16 names before the host_name;
+- dns_name_unread: the query name is compressed, cut short by the packet or
+  longer than 128 labels (255 bytes), or a TCP segment too short for a query;
+- dns_questions: more than one question (servers answer the first or refuse).
+The price of ``drop``: a client whose ClientHello outgrows one TCP segment
+with the SNI in the second is dropped where a tls drop rule has an sni —
+Chrome and Firefox send ClientHellos of about 1.8 KB with post-quantum key
+shares, and Chrome shuffles its extensions, so this is common; give
+``unreadable: {tls: match}`` to let those through, their SNI unseen and
+counted. Likewise a request whose target or headers outgrow a segment before
+the Host is dropped where an http drop rule asks for a host, and so is a
+segment in the middle of a stream that happens to start like a request
+("DELETE " and no Host after it).
+
+Limits of app rules: up to 64; names compared on their last 64 bytes (a
+longer name matches wildcards of up to 64 bytes, never an exact name); paths on
+their first 64 bytes, raw: no %-decoding and no dot-segment or double-slash
+removal (``/%61dmin``, ``/x/../admin``, ``//admin`` do not match ``path:
+/admin``); methods in upper case (``get`` is not one). Not seen: a request that
+does not start a TCP segment (pipelined behind another in one segment, or
+after a body); a second Host header past the 1,024 bytes read (RFC 9112 3.2:
+nginx, Go, HAProxy refuse two, Python and Node use the first, as the dpi
+does); TLS records other than handshake before the ClientHello; SSLv2-style
+hellos; the name Encrypted Client Hello hides (the rules see its outer, public
+name); HTTP/2 with prior knowledge and HTTP/3 (QUIC), DNS on other ports, DNS
+over TLS or HTTPS. A name rule stops a name, not a server: a server that
+answers other names with the same site (its default virtual host, its IP
+address) is reached by those.
 
 Limits — what this does not see:
 - one packet at a time: no TCP stream reassembly and no IP defragmentation, so a
@@ -106,6 +162,7 @@ WORK = 512                  # match events + (event, content) pairs examined per
 PROTOS = {"tcp": 6, "udp": 17}
 VERDICTS = {"drop": 1, "pass": 2, "alert": 0}   # VC_DROP, VC_PASS, VC_CONTINUE
 LABEL_BASE = 16
+Unreadable = Literal["drop", "match"]
 
 
 class Signature(Params):
@@ -165,6 +222,10 @@ class DpiParams(Params):
                                    "chain is read (the deployed chain keeps the rules as deployed; edit the file "
                                    "and deploy again to change them); given, the file is not read")
     max_scan: int = Field(256, ge=16, le=1500, description="payload bytes scanned per packet")
+    unreadable: Unreadable | dict[Literal["http", "tls", "dns"], Unreadable] = Field(
+        "drop", description="a request whose name cannot be read for sure from its packet (see the limits): "
+        "drop (if a drop rule of its app asks for a name, path or method) or match (as far as it was read); "
+        "one for all apps or per app, e.g. {tls: match}; counted as unreadable_<cause>")
     unparsed: Literal["continue", "drop"] = Field(
         "continue", description="what frames the parser cannot classify get (too many VLAN tags or "
                                 "IPv6 extension headers, lying lengths, cut headers, fragments other "
@@ -198,6 +259,13 @@ class DpiParams(Params):
                 raise ValueError(f"rules_file {path}: line {line} is not UTF-8 text "
                                  f"(byte {raw[exc.start]:#04x}); save the file as UTF-8") from None
         return data
+
+    @property
+    def unreadable_policy(self) -> dict[str, str]:
+        """unreadable for each app (drop where not given per app)."""
+        if isinstance(self.unreadable, str):
+            return {app: self.unreadable for app in l7.KINDS}
+        return {app: self.unreadable.get(app, "drop") for app in l7.KINDS}
 
     @cached_property
     def all_signatures(self) -> tuple[Signature, ...]:
@@ -318,7 +386,7 @@ class Dpi(FunctionType):
     name = "dpi"
     summary = "payload signatures (content, nocase, offset, depth; rules files) in one Aho–Corasick DFA; drop/pass/label/alert"
     Params = DpiParams
-    reasons = ("signature", "app_rule")
+    reasons = ("signature", "app_rule", "app_unreadable")
     pinned_populate = True
 
     def maps(self, params):
@@ -429,7 +497,7 @@ class ConfigWriter:
         maps = sorted(bpfsys.map_info(m.fd)["id"] for m in [*self.maps.values(), *self.l7.values()])
         dump = json.dumps([[s.model_dump(mode="json") for s in self.params.all_signatures],
                            [a.model_dump(mode="json") for a in self.params.apps],
-                           self.params.max_scan, labels, maps], sort_keys=True)
+                           self.params.max_scan, self.params.unreadable_policy, labels, maps], sort_keys=True)
         return int.from_bytes(hashlib.sha256(dump.encode()).digest()[:8], "little")
 
     def write_version(self, v: int) -> None:
@@ -459,7 +527,7 @@ class ConfigWriter:
         unused = bytes(8) + UNUSED.to_bytes(4, "little", signed=True) + bytes(4)
         write_array(maps["sigs"], v * per, sigs + [unused] * (per - len(sigs)))  # clear what a longer list left
         l7_maps.write_version(self.l7, v, params.apps, [_verdict(r, self.ctx) for r in params.apps],
-                              [s.id for s in params.all_signatures])
+                              [s.id for s in params.all_signatures], params.unreadable_policy)
 
 
 def _verdict(rule, ctx) -> int:
