@@ -57,6 +57,7 @@ functions:
       - {app: dns, qname: "*.local.example", action: pass}
       - {app: http, action: label, label: web}
       - {app: tls, action: label, label: tls}
+    unreadable: drop        # fail closed everywhere (the default matches unreadable TLS)
     next: {web: web, tls: tls, default: out}
   web: {type: counter, next: out}
   tls: {type: counter, next: out}
@@ -293,7 +294,7 @@ MATCH_CASES = [
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("desc,make,action,decided", MATCH_CASES, ids=[c[0] for c in MATCH_CASES])
 def test_unreadable_match_decides_on_what_was_read(deployed, mode, desc, make, action, decided):
-    dep = deployed(CHAIN.replace("    type: dpi\n", "    type: dpi\n    unreadable: match\n"), mode)
+    dep = deployed(CHAIN.replace("    unreadable: drop ", "    unreadable: match "), mode)
     before = dep.stats()
     assert dep.run(make()).action == action
     changed = delta(before, dep.stats()).get("dpi", {})
@@ -305,7 +306,7 @@ def test_unreadable_match_decides_on_what_was_read(deployed, mode, desc, make, a
 def test_unreadable_per_app_and_only_where_a_drop_rule_asks_for_a_name(deployed, mode):
     """{tls: match} keeps HTTP and DNS closed; an app whose rules ask no name
     (or only alert on one) never has a request dropped as unreadable."""
-    per_app = deployed(CHAIN.replace("    type: dpi\n", "    type: dpi\n    unreadable: {tls: match}\n"), mode)
+    per_app = deployed(CHAIN.replace("    unreadable: drop ", "    unreadable: {tls: match} "), mode)
     assert per_app.run(raw_tls(built_hello("banned.example", record_split=60))).action == "XDP_TX"
     assert per_app.run(raw_http(b"GET / HTTP/1.1\r\nX: y\r\n")).action == "XDP_DROP"
     lenient = deployed("name: l7lenient\nfunctions:\n  dpi:\n    type: dpi\n    apps:\n"
@@ -487,7 +488,7 @@ DNS_VARIANTS = [
 VARIANTS = ([("tcp", 80, p) for p in HTTP_VARIANTS] + [("tcp", 443, p) for p in TLS_VARIANTS]
             + [("udp", 53, p) for p in DNS_VARIANTS]
             + [("tcp", 53, len(p).to_bytes(2, "big") + p) for p in DNS_VARIANTS] + [("tcp", 53, b"\0")])
-MATCHING = CHAIN.replace("    type: dpi\n", "    type: dpi\n    unreadable: match\n")
+MATCHING = CHAIN.replace("    unreadable: drop ", "    unreadable: match ")
 
 
 @pytest.mark.parametrize("mode", MODES)

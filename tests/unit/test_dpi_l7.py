@@ -199,7 +199,9 @@ def test_unreadable_fails_closed_only_where_a_drop_rule_asks_for_more_than_the_a
 
 def test_unreadable_is_one_policy_or_one_per_app():
     base = {"apps": [{"app": "dns", "action": "drop"}]}
-    assert DpiParams(**base).unreadable_policy == {"http": "drop", "tls": "drop", "dns": "drop"}
+    # by default TLS matches: a browser's ClientHello often has its SNI in the second segment
+    assert DpiParams(**base).unreadable_policy == {"http": "drop", "tls": "match", "dns": "drop"}
+    assert DpiParams(**base, unreadable="drop").unreadable_policy == {"http": "drop", "tls": "drop", "dns": "drop"}
     assert DpiParams(**base, unreadable="match").unreadable_policy == {"http": "match", "tls": "match", "dns": "match"}
     assert DpiParams(**base, unreadable={"tls": "match"}).unreadable_policy == {"http": "drop", "tls": "match",
                                                                                 "dns": "drop"}

@@ -75,7 +75,7 @@ packet that starts it (no reassembly).
 Unreadable requests: where the name (path, method) cannot be told for sure,
 the request is counted in ``vnfchain stats`` as unreadable_<cause>, and
 ``unreadable`` (for all apps, or per app: ``unreadable: {tls: match}``) says
-what it gets: ``drop`` (the default) drops it (reason app_unreadable) if a
+what it gets (by default ``drop`` for HTTP and DNS, ``match`` for TLS): ``drop`` drops it (reason app_unreadable) if a
 drop rule of its app asks for a name, path or method — what could be hidden —
 and otherwise matches it as ``match`` does; ``match`` matches it as far as it
 was read (the first Host, the target's host, the first question, or no name).
@@ -98,12 +98,14 @@ Causes:
 - dns_name_unread: the query name is compressed, cut short by the packet or
   longer than 128 labels (255 bytes), or a TCP segment too short for a query;
 - dns_questions: more than one question (servers answer the first or refuse).
-The price of ``drop``: a client whose ClientHello outgrows one TCP segment
-with the SNI in the second is dropped where a tls drop rule has an sni —
-Chrome and Firefox send ClientHellos of about 1.8 KB with post-quantum key
-shares, and Chrome shuffles its extensions, so this is common; give
-``unreadable: {tls: match}`` to let those through, their SNI unseen and
-counted. Likewise a request whose target or headers outgrow a segment before
+Why TLS defaults to ``match``: Chrome and Firefox send ClientHellos of about
+1.8 KB with post-quantum key shares, and Chrome shuffles its extensions, so a
+ClientHello with its SNI in the second TCP segment is common; under ``drop``
+every such client would be dropped wherever a tls drop rule has an sni, whatever
+site it asked for. Under ``match`` they pass with their SNI unseen, counted as
+unreadable_tls_sni_unreached, and a banned site is missed for them: give
+``unreadable: drop`` (or ``{tls: drop}``) to fail closed at that price.
+Likewise, under ``drop``, a request whose target or headers outgrow a segment before
 the Host is dropped where an http drop rule asks for a host, and so is a
 segment in the middle of a stream that happens to start like a request
 ("DELETE " and no Host after it).
@@ -223,9 +225,10 @@ class DpiParams(Params):
                                    "and deploy again to change them); given, the file is not read")
     max_scan: int = Field(256, ge=16, le=1500, description="payload bytes scanned per packet")
     unreadable: Unreadable | dict[Literal["http", "tls", "dns"], Unreadable] = Field(
-        "drop", description="a request whose name cannot be read for sure from its packet (see the limits): "
-        "drop (if a drop rule of its app asks for a name, path or method) or match (as far as it was read); "
-        "one for all apps or per app, e.g. {tls: match}; counted as unreadable_<cause>")
+        {"tls": "match"}, description="a request whose name cannot be read for sure from its packet (see the "
+        "limits): drop (if a drop rule of its app asks for a name, path or method) or match (as far as it was "
+        "read); one for all apps or per app; the default {tls: match} drops unreadable HTTP and DNS and "
+        "matches unreadable TLS (browsers' ClientHellos outgrow a packet); counted as unreadable_<cause>")
     unparsed: Literal["continue", "drop"] = Field(
         "continue", description="what frames the parser cannot classify get (too many VLAN tags or "
                                 "IPv6 extension headers, lying lengths, cut headers, fragments other "
