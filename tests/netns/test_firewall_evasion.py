@@ -396,7 +396,7 @@ def test_known_tricks_reach_no_further_than_nftables(guarded):
 
 
 @settings(max_examples=40, deadline=None, phases=(Phase.explicit, Phase.reuse, Phase.generate),
-          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.filter_too_much,
                                  HealthCheck.function_scoped_fixture])
 @given(batch=batches())
 def test_generated_frames_reach_no_further_than_nftables(guarded, batch):
