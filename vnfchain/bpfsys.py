@@ -195,6 +195,26 @@ class PinnedMap:
             prev = nxt.raw
             yield prev
 
+    def count(self) -> int:
+        """How many entries a hash map holds, read in batches (a full 65,536-flow
+        table in a few syscalls rather than one per key)."""
+        chunk = min(self.max_entries, 8192)
+        keys = ctypes.create_string_buffer(self.key_size * chunk)
+        values = ctypes.create_string_buffer(len(self._value_buffer()[0]) * chunk)
+        token, total = ctypes.create_string_buffer(4), 0   # a hash map's batch token: a bucket index
+        first = True
+        while True:
+            n = ctypes.c_uint32(chunk)
+            rc = lib().bpf_map_lookup_batch(self.fd, None if first else token, token, keys, values,
+                                            ctypes.byref(n), None)
+            err = (-rc if rc < -1 else ctypes.get_errno()) if rc < 0 else 0
+            if err and err != errno.ENOENT:   # ENOENT: read to the end
+                _check(rc, f"read {self.path}")
+            total += n.value
+            if err:
+                return total
+            first = False
+
     def u64_totals(self) -> list[int]:
         """Every entry of an array map of u64 values, summed over CPUs for a
         per-CPU map, in one batch read (a counter per signature, say)."""

@@ -5,53 +5,27 @@ wrong sequence numbers at them, in both directions; a RST carrying the live
 sequence number (read from a capture, as an on-path attacker would) still
 ends a connection.
 
-    client 198.18.1.2 -- dut-lan [dut] dut-wan -- 198.18.2.2 server (http :80, tcp-echo :7)
-                             dut-att
-                                |
-                     attacker 198.18.3.2
-
-The chain runs on all three dut interfaces; the attacker's frames name the
-client's and the server's addresses and ports."""
+The bed and the attacker are tests/conntrack_bed.py's; the attacker's frames
+name the client's and the server's addresses and ports."""
 from __future__ import annotations
 
 import random
 import socket
 import struct
 import subprocess
-import textwrap
 import threading
 import time
 
 import pytest
 
-from vnfchain import Chain
 from vnfchain.testbed import Testbed
 from vnfchain.testbed.netlink import socket_in
-from tests.chain_fixtures import chain_name, delta
+from tests.chain_fixtures import delta
+from tests.conntrack_bed import TOPOLOGY, Attacker, C, S, conntrack_firewall
 from tests.testbed_fixtures import module_bed
 
 pytestmark = [pytest.mark.root, pytest.mark.netns]
 
-C, S = "198.18.1.2", "198.18.2.2"
-TOPOLOGY = {
-    "name": "cts",
-    "description": "client -- dut -- server, and an attacker on a third dut port",
-    "hosts": {
-        "client": {"routes": [{"dst": "198.18.0.0/15", "via": "198.18.1.1"}]},
-        "dut": {"sysctls": {"net.ipv4.ip_forward": 1}},
-        "server": {"routes": [{"dst": "198.18.0.0/15", "via": "198.18.2.1"}],
-                   "services": [{"type": "http", "port": 80}, {"type": "tcp-echo", "port": 7}]},
-        "attacker": {"routes": [{"dst": "198.18.0.0/15", "via": "198.18.3.1"}]},
-    },
-    "links": [
-        {"a": {"host": "client", "interface": "eth0", "addresses": [C + "/24"]},
-         "b": {"host": "dut", "interface": "dut-lan", "addresses": ["198.18.1.1/24"]}},
-        {"a": {"host": "dut", "interface": "dut-wan", "addresses": ["198.18.2.1/24"]},
-         "b": {"host": "server", "interface": "eth0", "addresses": [S + "/24"]}},
-        {"a": {"host": "attacker", "interface": "eth0", "addresses": ["198.18.3.2/24"]},
-         "b": {"host": "dut", "interface": "dut-att", "addresses": ["198.18.3.1/24"]}},
-    ],
-}
 ETH_P_ALL = 0x0003   # ETH_P_IP would miss the frames the host sends
 
 
@@ -62,28 +36,8 @@ def bed():
 
 @pytest.fixture(scope="module")
 def firewall(bed):
-    dut = bed.netns("dut")
-    dep = Chain.from_yaml_text(textwrap.dedent(f"""
-        name: {chain_name('ctspoof')}
-        attach:
-          - {{interface: dut-lan, netns: {dut}}}
-          - {{interface: dut-wan, netns: {dut}}}
-          - {{interface: dut-att, netns: {dut}}}
-        functions:
-          fw:
-            type: firewall
-            conntrack: true
-            default: drop
-            rules:
-              - {{action: allow, ct: [established, related]}}
-              - {{action: allow, proto: tcp, src: 198.18.1.0/24, ct: new}}
-            next: out
-          out: {{type: forward}}
-        """)).deploy()
-    try:
+    with conntrack_firewall(bed, "ctspoof", "- {action: allow, proto: tcp, src: 198.18.1.0/24, ct: new}") as dep:
         yield dep
-    finally:
-        dep.undeploy()
 
 
 def _after(a: int, b: int) -> bool:
@@ -134,33 +88,6 @@ class Tap:
     def close(self) -> None:
         self._stop.set()
         self._thread.join()
-        self.sock.close()
-
-
-class Attacker:
-    """Raw frames out of the attacker's interface, towards the dut."""
-
-    def __init__(self, tb: Testbed):
-        from scapy.layers.l2 import Ether   # scapy is slow to import
-        self.ether = Ether(src=tb.mac("attacker", "eth0"), dst=tb.peer_mac("attacker", "eth0"))
-        self.sock = socket_in(tb.netns("attacker"), socket.AF_PACKET, socket.SOCK_RAW, 0)
-        self.sock.bind(("eth0", 0))
-        self.sent = 0
-
-    def rst(self, src: str, sport: int, dst: str, dport: int, seq: int) -> None:
-        from scapy.layers.inet import IP, TCP
-        self.sock.send(bytes(self.ether / IP(src=src, dst=dst) / TCP(sport=sport, dport=dport, flags="R",
-                                                                    seq=seq % 2**32)))
-        self.sent += 1
-
-    def blind_rsts(self, tap: Tap, port: int, service: int, rng: random.Random) -> None:
-        """One RST each way of the connection, each at least 2^30 away from the
-        live sequence number: outside any window TCP can have."""
-        for way in ((S, service, C, port), (C, port, S, service)):
-            live = tap.next_seq.get(way, 0)
-            self.rst(*way, seq=live + 2**31 + rng.randrange(-2**30, 2**30))
-
-    def close(self) -> None:
         self.sock.close()
 
 

@@ -8,6 +8,13 @@ allowed it (ack + window), its largest window (scaled by the factor the two SYNs
 agreed on) and its largest ack. A segment outside those bounds is ``invalid``
 and changes nothing; a RST must carry the exact next sequence number to close a
 flow (RFC 5961). The counters below say why conntrack refused what it refused.
+
+Flows live in two LRU tables (``TABLES``). A new flow goes into ``unreplied``
+and moves to ``flows`` once its opener has shown that it got the answer (TCP:
+it acks everything the answering side sent, which only who received the
+SYN-ACK knows; UDP and ICMP echo: it sends again after the answer). A server
+answers spoofed SYNs too, so the answer alone proves nothing. A flood of new
+flows, spoofed or answered for the spoofer, thus churns only ``unreplied``.
 """
 from __future__ import annotations
 
@@ -34,6 +41,21 @@ EVENTS = {
 }
 
 
+# The tables, in the order of their FW_TABLE_* numbers. After the events, the
+# counters map holds for each table what went in and what conntrack took out
+# (moved, closed, expired): the rest was pushed out by the LRU (evicted).
+TABLES = ("flows", "unreplied")
+TALLY = ("in", "out")
+
+
+def tally_index(table: str, way: str) -> int:
+    """Index of a table's in/out count in the counters map (after EVENTS)."""
+    return len(EVENTS) + len(TALLY) * TABLES.index(table) + TALLY.index(way)
+
+
+COUNTERS = len(EVENTS) + len(TALLY) * len(TABLES)
+
+
 def valid_flag_mask() -> int:
     """Bit i set when TCP flags i (masked with FLAGS_CHECKED) are a valid combination."""
     mask = 0
@@ -54,4 +76,6 @@ def c_defines() -> list[tuple[str, object]]:
     ]
     out += [(f"FW_CTE_{name.upper()}", i) for i, name in enumerate(EVENTS)]
     out.append(("FW_CT_EVENTS", len(EVENTS)))
+    out += [(f"FW_TABLE_{name.upper()}", i) for i, name in enumerate(TABLES)]
+    out.append(("FW_CT_TALLY", tally_index(TABLES[0], TALLY[0])))
     return out

@@ -68,6 +68,10 @@ from .base import FunctionType, MapSpec, Params, headroom, write_array
 VERDICT = {"allow": 0, "drop": 1}   # VC_CONTINUE, VC_DROP
 SHADOW_CHECK_LIMIT = 2000
 FRAGMENTS = 4096   # fragmented datagrams whose later fragments can follow their first
+# conntrack table sizes: the kernel's LRU keeps free entries per CPU, so a
+# smaller table evicts long before it is full; every entry is preallocated
+# (160 bytes: 4 Mi flows take 640 MiB)
+MIN_TABLE, MAX_TABLE = 64, 1 << 22
 LABEL_BASE = 16
 
 
@@ -91,6 +95,16 @@ class FirewallParams(Params):
                                "IPv6 extension headers, lying lengths, cut transport headers, tiny "
                                "or orphan fragments; see `vnfchain functions`): default = as `default`")
     timeouts: Timeouts = Field(Timeouts(), description="conntrack timeouts, in seconds")
+    max_flows: int = Field(65536, ge=MIN_TABLE, le=MAX_TABLE,
+                           description="conntrack's table of established flows (LRU, 160 bytes a flow): "
+                                       "flows whose opener showed it got the answer (TCP: the handshake's "
+                                       "last ACK); when it is full the least recently used goes "
+                                       "(ct_flows_evicted)")
+    max_unreplied: int = Field(16384, ge=MIN_TABLE, le=MAX_TABLE,
+                               description="conntrack's table of flows still opening (LRU, apart from "
+                                           "max_flows): not answered yet, or answered but not yet "
+                                           "acknowledged by their opener. A flood of new flows churns "
+                                           "only this one (ct_unreplied_evicted)")
 
     @model_validator(mode="after")
     def _ct_needs_tracking(self):
@@ -155,8 +169,11 @@ class Firewall(FunctionType):
             MapSpec("frags", "lru_hash", FRAGMENTS, "first fragment (src, dst, id, proto) -> verdict"),
             MapSpec("hits", "percpu_array", w * 64 + 1, "packets per rule; the default's last"),
         ]
-        specs.append(MapSpec("flows", "lru_hash", 65536 if params.conntrack else 1, "tracked flows"))
-        specs.append(MapSpec("ct_events", "percpu_array", len(ct_model.EVENTS), "packets conntrack refused or acted on"))
+        sizes = {"flows": params.max_flows, "unreplied": params.max_unreplied}
+        specs += [MapSpec(table, "lru_hash", sizes[table] if params.conntrack else 1, help)
+                  for table, help in (("flows", "established flows"), ("unreplied", "flows still opening"))]
+        specs.append(MapSpec("ct_events", "percpu_array", ct_model.COUNTERS,
+                             "packets conntrack refused or acted on; flows into and out of each table"))
         return specs
 
     def labels(self, params):
@@ -190,6 +207,10 @@ class Firewall(FunctionType):
 
     def populate(self, tables, params, ctx):
         RulesetWriter(tables, params, ctx).write()
+        if params.conntrack:
+            with tables.open("ct_events") as events:
+                for table in ct_model.TABLES:
+                    _adopt_flows(tables, events, table)
 
     def read_counters(self, maps, params):
         out = {}
@@ -205,7 +226,37 @@ class Firewall(FunctionType):
             with maps.open("ct_events") as events:
                 for i, name in enumerate(ct_model.EVENTS):
                     out[f"ct_{name}"] = sum(events.sum_u64(i.to_bytes(4, "little")))
+                for table in ct_model.TABLES:
+                    entries, went_in, taken_out = _table_tally(maps, events, table)
+                    out[f"ct_{table}"] = entries
+                    out[f"ct_{table}_evicted"] = max(0, went_in - taken_out - entries)
         return out
+
+
+def _table_tally(maps, events, table: str) -> tuple[int, int, int]:
+    """(entries now, flows that went in, flows conntrack took out) of one table."""
+    with maps.open(table) as flows:
+        entries = flows.count()
+    went_in, taken_out = (sum(events.sum_u64(ct_model.tally_index(table, way).to_bytes(4, "little")))
+                          for way in ct_model.TALLY)
+    return entries, went_in, taken_out
+
+
+def _adopt_flows(maps, events, table: str) -> None:
+    """Count as gone in the flows a table holds that its tally never saw go in
+    (a table kept from a version that did not count, beside fresh counters), so
+    that what is missing later is what the LRU evicted. A table made afresh
+    beside an older tally (its size changed) keeps the difference: those flows
+    were dropped with the old table."""
+    entries, went_in, taken_out = _table_tally(maps, events, table)
+    unseen = entries - (went_in - taken_out)
+    if unseen <= 0:
+        return
+    key = ct_model.tally_index(table, "in").to_bytes(4, "little")
+    per_cpu = events.lookup(key)
+    first = int.from_bytes(per_cpu[0], "little") + unseen
+    stride = (events.value_size + 7) // 8 * 8
+    events.update(key, b"".join(v.ljust(stride, b"\0") for v in [first.to_bytes(8, "little")] + per_cpu[1:]))
 
 
 def fw_defines() -> list[tuple[str, int | str]]:
@@ -256,7 +307,7 @@ class RulesetWriter:
         """Of everything the maps hold: the rules, but also the chain-wide label
         ids goto rules store and the interfaces' current ifindexes."""
         labels = {r.label: self.ctx.label_ids[r.label] for r in self.params.rules if r.label}
-        dump = json.dumps([self.params.model_dump(mode="json", exclude={"timeouts"}), labels,
+        dump = json.dumps([self.params.model_dump(mode="json", exclude={"timeouts", "max_flows", "max_unreplied"}), labels,
                            self.ifindexes], sort_keys=True)
         return int.from_bytes(hashlib.sha256(dump.encode()).digest()[:4], "little")
 
