@@ -94,7 +94,8 @@ def baseline_tree(rev: str) -> Path:
 
 
 def run_in(tree: Path, code: str, stdin: str = "") -> None:
-    subprocess.run([sys.executable, "-c", code], input=stdin, text=True, check=True,
+    # cwd: `python -c` puts the working directory first on sys.path
+    subprocess.run([sys.executable, "-c", code], input=stdin, text=True, check=True, cwd=tree,
                    env={**os.environ, "PYTHONPATH": str(tree)})
 
 

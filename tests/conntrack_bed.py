@@ -14,14 +14,12 @@ from __future__ import annotations
 import contextlib
 import random
 import socket
-import struct
 import textwrap
 
 from vnfchain import Chain
 from vnfchain.testbed import Testbed
 from vnfchain.testbed.netlink import socket_in
 from tests.chain_fixtures import chain_name
-from tests.frames import pseudo_header, with_checksum
 
 C, S = "198.18.1.2", "198.18.2.2"
 TOPOLOGY = {
@@ -98,31 +96,6 @@ class Attacker:
         for way in ((S, service, C, port), (C, port, S, service)):
             live = tap.next_seq.get(way, 0)
             self.rst(*way, seq=live + 2**31 + rng.randrange(-2**30, 2**30))
-
-    def spoofed_syns(self, dst: str, dport: int, count: int, rng: random.Random) -> list[bytes]:
-        """SYNs to dst:dport from random sources in 198.18.0.0/15 off the bed's
-        own networks (198.18.0-3.x), random ports and sequence numbers; built
-        from one frame by patching, as fast as the socket can send them."""
-        from scapy.layers.inet import IP, TCP
-        template = bytes(self.ether / IP(dst=dst) / TCP(dport=dport, flags="S", window=64240))
-        ip, tcp = 14, 34
-        frames = []
-        for _ in range(count):
-            src = bytes([198, 18 + rng.randrange(2), rng.randrange(256), rng.randrange(1, 255)])
-            if src[1] == 18 and src[2] < 4:
-                src = src[:2] + bytes([src[2] + 4]) + src[3:]
-            header = template[ip:ip + 12] + src + template[ip + 16:tcp]
-            header = with_checksum(header[:10] + b"\0\0" + header[12:], 10)
-            segment = (struct.pack("!HHI", rng.randrange(1024, 65536), dport, rng.randrange(2**32))
-                       + template[tcp + 8:tcp + 16] + b"\0\0" + template[tcp + 18:])
-            segment = with_checksum(segment, 16, pseudo_header(src, header[16:20], 6, len(segment)))
-            frames.append(template[:ip] + header + segment)
-        return frames
-
-    def send(self, frames) -> None:
-        for frame in frames:
-            self.sock.send(frame)
-        self.sent += len(frames)
 
     def close(self) -> None:
         self.sock.close()

@@ -14,10 +14,10 @@ from __future__ import annotations
 import contextlib
 import os
 import random
-import textwrap
 
 import pytest
 from scapy.layers.inet import ICMP, IP, TCP, UDP
+from scapy.layers.l2 import Ether
 
 from vnfchain import Chain, bpfsys
 from vnfchain.chain import deploy as deploy_mod
@@ -25,11 +25,11 @@ from vnfchain.firewall import conntrack
 from vnfchain.testrun import run_xdp
 from tests.chain_fixtures import MODES, chain_name, delta
 from tests.conntrack_peers import C, S, Tcp, data_flows, open_flow, ports
-from tests.frames import eth
+from tests.frames import eth, spoofed_syns
 
 pytestmark = pytest.mark.root
 
-MAX_FLOWS, MAX_UNREPLIED = 128, 64
+MAX_FLOWS, MAX_UNCONFIRMED = 128, 64
 RULES = """
     rules:
       - {action: allow, ct: [established, related]}
@@ -39,46 +39,37 @@ RULES = """
 """
 
 
-def chain(max_flows: int, max_unreplied: int, name: str = "ctflood") -> str:
+def chain(max_flows: int, max_unconfirmed: int, name: str = "ctflood") -> str:
     return (f"name: {name}\nfunctions:\n  fw:\n    type: firewall\n    conntrack: true\n    default: drop\n"
-            f"    max_flows: {max_flows}\n    max_unreplied: {max_unreplied}\n" + RULES)
+            f"    max_flows: {max_flows}\n    max_unconfirmed: {max_unconfirmed}\n" + RULES)
 
 
 @pytest.fixture(params=MODES)
 def fw(request, deployed):
-    return deployed(chain(MAX_FLOWS, MAX_UNREPLIED), request.param)
-
-
-def spoofed_source(rng: random.Random) -> str:
-    """Anywhere in 198.18.0.0/15 but the client network."""
-    while True:
-        addr = f"198.{rng.randrange(18, 20)}.{rng.randrange(256)}.{rng.randrange(1, 255)}"
-        if not addr.startswith("198.18.1."):
-            return addr
+    return deployed(chain(MAX_FLOWS, MAX_UNCONFIRMED), request.param)
 
 
 def flood(n: int, seed: int) -> list[bytes]:
-    """n spoofed SYNs to the web server, each answered by the server's SYN-ACK,
-    and n/4 spoofed DNS queries, each answered too; nobody answers back."""
+    """n spoofed SYNs to the web server from 198.19.0.0/16, each answered by the
+    server's SYN-ACK, and n/4 spoofed DNS queries, each answered too; nobody
+    answers back."""
     rng = random.Random(seed)
     frames = []
-    for i in range(n + n // 4):
-        src, sport = spoofed_source(rng), rng.randrange(1024, 65536)
-        if i < n:
-            isn = rng.randrange(2**32)
-            frames.append(eth(IP(src=src, dst=S) / TCP(sport=sport, dport=80, flags="S", seq=isn)))
-            frames.append(eth(IP(src=S, dst=src) / TCP(sport=80, dport=sport, flags="SA", seq=rng.randrange(2**32),
-                                                      ack=(isn + 1) % 2**32)))
-        else:
-            frames.append(eth(IP(src=src, dst=S) / UDP(sport=sport, dport=53) / b"query"))
-            frames.append(eth(IP(src=S, dst=src) / UDP(sport=53, dport=sport) / b"answer"))
-    return [bytes(f) for f in frames]
+    for syn in spoofed_syns(n, S, 80, seed):
+        sent = Ether(syn)
+        frames += [syn, bytes(eth(IP(src=S, dst=sent[IP].src) / TCP(
+            sport=80, dport=sent[TCP].sport, flags="SA", seq=rng.getrandbits(32), ack=(sent[TCP].seq + 1) % 2**32)))]
+    for _ in range(n // 4):
+        src, sport = f"198.19.{rng.randrange(256)}.{rng.randrange(1, 255)}", rng.randrange(1024, 65536)
+        frames += [bytes(eth(IP(src=src, dst=S) / UDP(sport=sport, dport=53) / b"query")),
+                   bytes(eth(IP(src=S, dst=src) / UDP(sport=53, dport=sport) / b"answer"))]
+    return frames
 
 
 @pytest.fixture(scope="module")
 def spray():
-    """A flood 30 times the unreplied table, built once for both modes."""
-    return flood(30 * MAX_UNREPLIED, seed=1)
+    """A flood 30 times the unconfirmed table, built once for both modes."""
+    return flood(30 * MAX_UNCONFIRMED, seed=1)
 
 
 def run_all(dep, frames) -> list[str]:
@@ -99,8 +90,8 @@ class Udp:
 
     def send(self, side: int) -> str:
         ip = IP(src=C, dst=S) if side == 0 else IP(src=S, dst=C)
-        ports_ = (self.port, 4500) if side == 0 else (4500, self.port)
-        return self.dep.run(eth(ip / UDP(sport=ports_[0], dport=ports_[1]) / b"u")).action
+        sport, dport = (self.port, 4500) if side == 0 else (4500, self.port)
+        return self.dep.run(eth(ip / UDP(sport=sport, dport=dport) / b"u")).action
 
 
 def ping(dep, ident: int) -> list[str]:
@@ -125,15 +116,15 @@ def test_established_flows_outlive_a_flood_of_answered_spoofed_flows(fw, spray):
     assert not lost, f"{len(lost)} of 32 connections no longer carry data"
     assert udp.send(1) == udp.send(0) == "XDP_PASS"
     assert fw.run(eth(IP(src=S, dst=C) / ICMP(type=0, id=ident, seq=2))).action == "XDP_PASS"
-    assert changed["ct_unreplied_evicted"] >= len(spray) // 2 - MAX_UNREPLIED
-    assert "ct_flows" not in changed and "ct_flows_evicted" not in changed
+    assert changed["ct_evicted_unconfirmed"] >= len(spray) // 2 - MAX_UNCONFIRMED
+    assert "ct_flows" not in changed and "ct_evicted_flows" not in changed
 
 
 def test_a_connection_opens_during_a_flood_and_after_it(fw, spray):
     """Between each step of the handshake the flood goes on; the SYN's entry
     outlives the few new flows that come before the SYN-ACK."""
     conn, step = Tcp(), len(spray) // 8
-    chunks = [spray[i:i + MAX_UNREPLIED // 4] for i in range(0, 8 * step, step)]
+    chunks = [spray[i:i + MAX_UNCONFIRMED // 4] for i in range(0, 8 * step, step)]
     for i, (side, flags) in enumerate(((0, "S"), (1, "SA"), (0, "A"))):
         run_all(fw, chunks[i])
         assert fw.run(conn.send(side, flags)).action == "XDP_PASS", flags
@@ -143,14 +134,14 @@ def test_a_connection_opens_during_a_flood_and_after_it(fw, spray):
 
 
 def test_a_server_answer_alone_does_not_make_a_flow_established(fw):
-    """A spoofed DNS query and its answer stay in the unreplied table (ct_flows
+    """A spoofed DNS query and its answer stay in the unconfirmed table (ct_flows
     does not grow) and are refused once the flood pushed them out."""
     before = fw.stats()
     query = IP(src="198.19.7.7", dst=S) / UDP(sport=5353, dport=53)
     answer = IP(src=S, dst="198.19.7.7") / UDP(sport=53, dport=5353)
     assert [fw.run(eth(p)).action for p in (query, answer, answer)] == ["XDP_PASS"] * 3
     assert "ct_flows" not in delta(before, fw.stats())["fw"]
-    run_all(fw, flood(4 * MAX_UNREPLIED, seed=2))
+    run_all(fw, flood(4 * MAX_UNCONFIRMED, seed=2))
     assert fw.run(eth(answer)).action == "XDP_DROP"
 
 
@@ -169,16 +160,16 @@ def test_every_evicted_flow_is_counted(deployed, mode):
     conns = [open_flow(dep) for _ in range(160)]
     changed = delta(before, dep.stats())["fw"]
     dead = probe_dead(dep, [c.send(0, "PA", payload=b"d") for c in conns])
-    assert dead > 0 and changed["ct_flows_evicted"] == dead
-    assert changed["ct_flows"] == 160 - dead and changed.get("ct_unreplied_evicted", 0) == 0
+    assert dead > 0 and changed["ct_evicted_flows"] == dead
+    assert changed["ct_flows"] == 160 - dead and changed.get("ct_evicted_unconfirmed", 0) == 0
 
     spoofed = flood(400, seed=3)
     syns, answers = spoofed[:800:2], spoofed[1:800:2]
     before = dep.stats()
     assert set(run_all(dep, syns)) == {"XDP_PASS"}
     changed = delta(before, dep.stats())["fw"]
-    assert changed["ct_unreplied_evicted"] == probe_dead(dep, answers) >= 400 - 64
-    assert "ct_flows_evicted" not in changed
+    assert changed["ct_evicted_unconfirmed"] == probe_dead(dep, answers) >= 400 - 64
+    assert "ct_evicted_flows" not in changed
 
 
 @pytest.fixture(params=MODES)
@@ -206,4 +197,4 @@ def test_flows_kept_from_before_the_counters_are_counted_when_evicted(upgraded):
     assert dep.stats()["fw"]["ct_flows"] == 24
     new = [open_flow(dep) for _ in range(136)]
     dead = probe_dead(dep, [c.send(0, "PA", payload=b"d") for c in old + new])
-    assert dead > 0 and dep.stats()["fw"]["ct_flows_evicted"] == dead
+    assert dead > 0 and dep.stats()["fw"]["ct_evicted_flows"] == dead

@@ -64,16 +64,14 @@ def test_functions_firewall_documents_every_parameter():
     assert result.exit_code == 0
     for name in ("default", "rules", "rules[].src", "rules[].dport", "rules[].flags", "rules[].icmp_type",
                  "rules[].iif", "rules[].ct", "rules[].label", "conntrack", "non_ip", "timeouts.udp",
-                 "max_flows", "max_unreplied", "ct_flows_evicted", "ct_unreplied_evicted"):
+                 "max_flows", "max_unconfirmed", "ct_evicted_flows", "ct_evicted_unconfirmed"):
         assert name in result.output, name
 
 
 def test_conntrack_table_sizes_are_bounded(tmp_path):
-    """Below 64 the kernel's LRU (free entries kept per CPU) evicts at once;
-    above 4 Mi flows a table takes more than 640 MiB."""
     path = tmp_path / "chain.yaml"
-    for size, bound in (("max_flows: 10", "greater than or equal to 64"),
-                        ("max_unreplied: 100000000", "less than or equal to 4194304")):
+    for size, bound in (("max_flows: 10", "greater than or equal to 16"),
+                        ("max_unconfirmed: 100000000", "less than or equal to 1048576")):
         path.write_text(CHAIN.replace("    rules:", f"    conntrack: true\n    {size}\n    rules:"))
         result = run("validate", path)
         assert result.exit_code == 2, result.output

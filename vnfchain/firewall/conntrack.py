@@ -9,12 +9,13 @@ agreed on) and its largest ack. A segment outside those bounds is ``invalid``
 and changes nothing; a RST must carry the exact next sequence number to close a
 flow (RFC 5961). The counters below say why conntrack refused what it refused.
 
-Flows live in two LRU tables (``TABLES``). A new flow goes into ``unreplied``
-and moves to ``flows`` once its opener has shown that it got the answer (TCP:
-it acks everything the answering side sent, which only who received the
-SYN-ACK knows; UDP and ICMP echo: it sends again after the answer). A server
-answers spoofed SYNs too, so the answer alone proves nothing. A flood of new
-flows, spoofed or answered for the spoofer, thus churns only ``unreplied``.
+Flows live in two LRU tables (``TABLES``). A new flow goes into ``unconfirmed``
+and is confirmed, moving to ``flows``, once its opener has shown that it got
+the answer (TCP: it acks everything the answering side sent, which only who
+received the SYN-ACK knows; UDP and ICMP echo: it sends again after the
+answer). A server answers spoofed SYNs too, so the answer alone proves
+nothing. A flood of new flows, spoofed or answered for the spoofer, thus
+churns only ``unconfirmed``.
 """
 from __future__ import annotations
 
@@ -44,7 +45,7 @@ EVENTS = {
 # The tables, in the order of their FW_TABLE_* numbers. After the events, the
 # counters map holds for each table what went in and what conntrack took out
 # (moved, closed, expired): the rest was pushed out by the LRU (evicted).
-TABLES = ("flows", "unreplied")
+TABLES = ("flows", "unconfirmed")
 TALLY = ("in", "out")
 
 

@@ -63,23 +63,20 @@ from .. import bpfsys
 from ..firewall import conntrack as ct_model
 from ..firewall.lbvs import FIELDS, NOT_ICMP, NOT_TCP, NO_PORT, compile_rules
 from ..firewall.rules import CT_STATES, Rule
-from .base import FunctionType, MapSpec, Params, headroom, write_array
+from .base import FunctionType, MapSpec, Params, headroom, max_unconfirmed_field, unconfirmed_room, write_array
 
 VERDICT = {"allow": 0, "drop": 1}   # VC_CONTINUE, VC_DROP
 SHADOW_CHECK_LIMIT = 2000
 FRAGMENTS = 4096   # fragmented datagrams whose later fragments can follow their first
-# conntrack table sizes: the kernel's LRU keeps free entries per CPU, so a
-# smaller table evicts long before it is full; every entry is preallocated
-# (160 bytes: 4 Mi flows take 640 MiB)
-MIN_TABLE, MAX_TABLE = 64, 1 << 22
 LABEL_BASE = 16
 
 
 class Timeouts(Params):
-    unreplied: int = Field(30, ge=1, description="seconds a flow nobody answered is kept")
+    unreplied: int = Field(30, ge=1, description="seconds an idle unconfirmed TCP flow is kept (no SYN-ACK "
+                                                 "yet, or its opener has not acked it)")
     established: int = Field(3600, ge=1, description="seconds an idle established flow is kept")
     closing: int = Field(10, ge=1, description="seconds after FIN both ways")
-    udp: int = Field(30, ge=1, description="seconds an unanswered UDP flow is kept")
+    udp: int = Field(30, ge=1, description="seconds an idle unconfirmed UDP flow is kept")
     icmp: int = Field(30, ge=1, description="seconds an ICMP echo flow is kept")
 
 
@@ -95,16 +92,13 @@ class FirewallParams(Params):
                                "IPv6 extension headers, lying lengths, cut transport headers, tiny "
                                "or orphan fragments; see `vnfchain functions`): default = as `default`")
     timeouts: Timeouts = Field(Timeouts(), description="conntrack timeouts, in seconds")
-    max_flows: int = Field(65536, ge=MIN_TABLE, le=MAX_TABLE,
-                           description="conntrack's table of established flows (LRU, 160 bytes a flow): "
-                                       "flows whose opener showed it got the answer (TCP: the handshake's "
-                                       "last ACK); when it is full the least recently used goes "
-                                       "(ct_flows_evicted)")
-    max_unreplied: int = Field(16384, ge=MIN_TABLE, le=MAX_TABLE,
-                               description="conntrack's table of flows still opening (LRU, apart from "
-                                           "max_flows): not answered yet, or answered but not yet "
-                                           "acknowledged by their opener. A flood of new flows churns "
-                                           "only this one (ct_unreplied_evicted)")
+    max_flows: int = Field(65536, ge=16, le=4_194_304,
+                           description="conntrack's established flows (LRU, 160 bytes a flow): flows whose "
+                                       "opener showed it got the answer; when full, the least recently used "
+                                       "is evicted (ct_evicted_flows)")
+    max_unconfirmed: int | None = max_unconfirmed_field(
+        "conntrack's unconfirmed flows (LRU, apart from max_flows): not answered yet, or answered but not "
+        "yet acknowledged by their opener; a flood of new flows churns only these (ct_evicted_unconfirmed)")
 
     @model_validator(mode="after")
     def _ct_needs_tracking(self):
@@ -169,9 +163,9 @@ class Firewall(FunctionType):
             MapSpec("frags", "lru_hash", FRAGMENTS, "first fragment (src, dst, id, proto) -> verdict"),
             MapSpec("hits", "percpu_array", w * 64 + 1, "packets per rule; the default's last"),
         ]
-        sizes = {"flows": params.max_flows, "unreplied": params.max_unreplied}
+        sizes = {"flows": params.max_flows, "unconfirmed": unconfirmed_room(params)}
         specs += [MapSpec(table, "lru_hash", sizes[table] if params.conntrack else 1, help)
-                  for table, help in (("flows", "established flows"), ("unreplied", "flows still opening"))]
+                  for table, help in (("flows", "established flows"), ("unconfirmed", "flows not yet confirmed"))]
         specs.append(MapSpec("ct_events", "percpu_array", ct_model.COUNTERS,
                              "packets conntrack refused or acted on; flows into and out of each table"))
         return specs
@@ -229,7 +223,7 @@ class Firewall(FunctionType):
                 for table in ct_model.TABLES:
                     entries, went_in, taken_out = _table_tally(maps, events, table)
                     out[f"ct_{table}"] = entries
-                    out[f"ct_{table}_evicted"] = max(0, went_in - taken_out - entries)
+                    out[f"ct_evicted_{table}"] = max(0, went_in - taken_out - entries)
         return out
 
 
@@ -307,8 +301,8 @@ class RulesetWriter:
         """Of everything the maps hold: the rules, but also the chain-wide label
         ids goto rules store and the interfaces' current ifindexes."""
         labels = {r.label: self.ctx.label_ids[r.label] for r in self.params.rules if r.label}
-        dump = json.dumps([self.params.model_dump(mode="json", exclude={"timeouts", "max_flows", "max_unreplied"}), labels,
-                           self.ifindexes], sort_keys=True)
+        config = self.params.model_dump(mode="json", exclude={"timeouts", "max_flows", "max_unconfirmed"})
+        dump = json.dumps([config, labels, self.ifindexes], sort_keys=True)
         return int.from_bytes(hashlib.sha256(dump.encode()).digest()[:4], "little")
 
     def _bits(self, value: int) -> bytes:
