@@ -37,7 +37,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 from vnfchain import Chain, bpfsys  # noqa: E402
 from vnfchain.chain.deploy import Deployment  # noqa: E402
-from results_io import save, stamp  # noqa: E402  (beside this script)
+from results_io import interleaved_medians, save, stamp  # noqa: E402  (beside this script)
 from vnfchain.testrun import run_xdp  # noqa: E402
 
 RULES = """
@@ -117,7 +117,7 @@ def main() -> None:
     chains = {("before", "tailcall"): True, ("after", "tailcall"): True, ("plain", "tailcall"): False,
               ("before", "fused"): True, ("after", "fused"): True}
     names = {key: f"vcb{os.getpid()}-{key[0]}{key[1][0]}" for key in chains}
-    tree, fds, samples, insns, syn_ns = None, {}, {}, {}, {}
+    tree, fds, median, insns, syn_ns = None, {}, {}, {}, {}
     try:
         tree = baseline_tree(args.baseline)
         for key, conntrack in chains.items():
@@ -136,11 +136,8 @@ def main() -> None:
         for k, fd in fds.items():   # an established flow in every chain; every probe passes
             for frame in HANDSHAKE + list(PROBES.values()):
                 assert run_xdp(fd, frame).action == "XDP_PASS", k
-        samples = {(k, p): [] for k in fds for p in PROBES}
-        for _ in range(args.rounds):
-            for k, fd in fds.items():
-                for p, frame in PROBES.items():
-                    samples[(k, p)].append(run_xdp(fd, frame, repeat=args.repeat).duration_ns)
+        median = interleaved_medians({(k, p): (fd, frame) for k, fd in fds.items() for p, frame in PROBES.items()},
+                                     args.rounds, args.repeat)
         syn_ns = new_flow_costs(fds, args.syns)
     finally:
         for fd in fds.values():
@@ -153,7 +150,7 @@ def main() -> None:
                     Deployment.get(names[key]).undeploy()
         if tree is not None:
             shutil.rmtree(tree)
-    report({key: statistics.median(v) for key, v in samples.items()}, insns, syn_ns, args)
+    report(median, insns, syn_ns, args)
 
 
 def new_flow_costs(fds: dict, count: int) -> dict[str, float]:

@@ -9,7 +9,7 @@ vectors are ANDed and the lowest set bit wins (vnfchain/firewall/lbvs.py).
 
 A rule change is a map update: the new ruleset is written beside the running
 one and switched in with one word, so no packet sees half of each.
-Connection tracking here is the firewall's own table; the NAT keeps its own
+Connection tracking here is the firewall's own tables; the NAT keeps its own
 translations (a NAT before or after the firewall sees other tuples).
 
 Frames the parser cannot classify as the kernel would (too many VLAN tags or
@@ -40,14 +40,37 @@ established. An error (ICMPv4 unreachable, time exceeded, parameter problem;
 ICMPv6 types 1-4) is related when it quotes a live flow and goes back to the
 quoted packet's sender; a quoted TCP segment must lie in the last window its
 sender sent.
+
+Floods of spoofed new flows. A new flow is *unconfirmed* until its opener
+shows that it got the answer: for TCP an ACK that acknowledges everything the
+answering side sent (only who received the SYN-ACK knows that number), for
+UDP and ICMP echo its next packet after a reply. A reply alone proves nothing:
+a server behind the firewall answers spoofed SYNs too. Unconfirmed flows live
+in their own LRU table (``max_unconfirmed``, default max_flows / 4) with the
+short timeouts (timeouts.unreplied, udp, icmp) and move to the table of
+established flows (``max_flows``) when confirmed, their TCP state intact. A
+flood of new flows, spoofed or answered for the spoofer, therefore pushes out
+only unconfirmed flows (``ct_evicted_unconfirmed``), never an established one;
+a legitimate handshake completes under it if it takes less time than about
+``max_unconfirmed`` new flows take to arrive (16,384 at a million a second:
+16 ms). A full table of established flows evicts its least recently
+used (``ct_evicted_flows``: size max_flows for the flows you carry). Both
+tables are preallocated, 160 bytes a flow. ``vnfchain stats`` shows how many
+flows each holds (``ct_flows``, ``ct_unconfirmed``).
+
 Limits: a TCP flow first seen mid-stream (conntrack turned on under running
-connections, an entry expired or pushed out of the full table) is not picked
-up: its packets are invalid until it reconnects; a port reused while the old
-flow is still open (its close never seen) is refused until the entry expires
-(timeouts.established);
-simultaneous open is not supported; quoted IPv6 extension headers are not
-walked. `vnfchain stats` counts ct_bad_flags, ct_bad_state, ct_out_of_window,
-ct_rst_in_window and ct_rst_closed.
+connections, an entry expired or evicted) is not picked up: its packets are
+invalid until it reconnects; a port reused while the old flow is still open
+(its close never seen) is refused until the entry expires
+(timeouts.established); simultaneous open is not supported; quoted IPv6
+extension headers are not walked. A UDP flow whose opener never sends again
+after the answer (a one-shot query, a stream only the other side sends) stays
+unconfirmed and can be pushed out by a flood; a blind spoofer can confirm UDP
+flows by sending twice, and hosts that complete handshakes from their real
+addresses fill the established table like any clients. Changing max_flows or
+max_unconfirmed makes that table anew, empty: the flows it held are invalid
+until they reconnect. `vnfchain stats` counts ct_bad_flags, ct_bad_state,
+ct_out_of_window, ct_rst_in_window and ct_rst_closed.
 """
 from __future__ import annotations
 
