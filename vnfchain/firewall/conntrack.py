@@ -78,5 +78,6 @@ def c_defines() -> list[tuple[str, object]]:
     out += [(f"FW_CTE_{name.upper()}", i) for i, name in enumerate(EVENTS)]
     out.append(("FW_CT_EVENTS", len(EVENTS)))
     out += [(f"FW_TABLE_{name.upper()}", i) for i, name in enumerate(TABLES)]
-    out.append(("FW_CT_TALLY", tally_index(TABLES[0], TALLY[0])))
+    out += [("FW_CT_TALLY", tally_index(TABLES[0], "in")), ("FW_CT_TALLY_STRIDE", len(TALLY)),
+            ("FW_CT_TALLY_OUT", TALLY.index("out"))]
     return out
