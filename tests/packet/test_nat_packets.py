@@ -44,7 +44,8 @@ def gateways():
     wan0 198.18.100.1/24, forwarding on): {name: (netns, {ifname: ifindex})}."""
     with contextlib.ExitStack() as stack:
         made = {}
-        for i, name in enumerate(MODES + tuple(f"flood-{m}" for m in MODES) + ("small", "swept", "ports", "pass")):
+        for i, name in enumerate(MODES + tuple(f"flood-{m}" for m in MODES) + ("small", "swept", "ports", "pass")
+                                 + tuple(f"blind-{m}" for m in MODES)):
             ns, index, _ip = stack.enter_context(scratch_netns(
                 f"{NS}g{i}", {"lan0": ["198.18.1.1/24", "198.18.2.1/24"], "wan0": ["198.18.100.1/24"]},
                 forwarding=True))
@@ -435,6 +436,47 @@ def test_an_evicted_or_expired_unconfirmed_flow_gives_its_port_back(deployed, ga
     time.sleep(1.2)                                   # every unconfirmed flow idles out
     assert sorted(syn(h, dst="198.18.100.99").packet[TCP].sport for h in range(30, 34)) == \
         [30000, 30001, 30002, 30003]
+
+
+BLIND = """
+name: natblind
+functions:
+  nat:
+    type: nat
+    outside: wan0
+    timeouts: {tcp_transitory: 1}
+    snat: [{src: 198.18.1.0/24, ports: "20000-20099"}]
+"""
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_a_blind_rst_or_fin_from_outside_does_not_cut_an_idle_connection_short(deployed, gateways, mode):
+    import time
+    dep, run = on_gateway(deployed, gateways, BLIND, f"blind-{mode}", mode)
+    inside, remote = f"{LAN_HOST}:45000", f"{REMOTE}:80"
+    port, _ = snat_handshake(run, LAN_HOST, 45000, isn=1000)     # the inside end now expects 1001
+    assert state_of(dep, inside, remote) == "established"
+    # a spoofer who guessed the NAT port but not the sequence number: the
+    # endpoint ignores these, and so must the mapping (or it idles out in
+    # tcp_transitory instead of tcp_established)
+    for flags, seq in (("R", 5_000_000), ("RA", 77), ("FA", 5_000_000)):
+        out = run(eth(IP(src=REMOTE, dst=NAT) / TCP(sport=80, dport=port, flags=flags, seq=seq, ack=2)), "wan")
+        assert (out.packet[IP].dst, out.packet[TCP].dport) == (LAN_HOST, 45000)   # the endpoint decides
+        assert state_of(dep, inside, remote) == "established"
+    time.sleep(1.3)                                               # idle past tcp_transitory
+    back = run(eth(IP(src=REMOTE, dst=NAT) / TCP(sport=80, dport=port, flags="A", seq=1001, ack=2)), "wan")
+    assert (back.packet[IP].dst, back.packet[TCP].dport) == (LAN_HOST, 45000)
+    # the remote's real RST, at the sequence number the inside end acknowledged
+    run(eth(IP(src=LAN_HOST, dst=REMOTE) / TCP(sport=45000, dport=80, flags="A", seq=2, ack=1500)), "lan")
+    run(eth(IP(src=REMOTE, dst=NAT) / TCP(sport=80, dport=port, flags="R", seq=1500)), "wan")
+    assert state_of(dep, inside, remote) == "closing"
+    # and the inside end's own FIN closes its flow, whatever its numbers
+    port2, _ = snat_handshake(run, LAN_HOST, 45001)
+    run(eth(IP(src=LAN_HOST, dst=REMOTE) / TCP(sport=45001, dport=80, flags="FA", seq=9, ack=3)), "lan")
+    assert state_of(dep, f"{LAN_HOST}:45001", remote) == "closing"
+    time.sleep(1.3)
+    gone = run(eth(IP(src=REMOTE, dst=NAT) / TCP(sport=80, dport=port, flags="A", seq=1500, ack=2)), "wan")
+    assert gone.packet[IP].dst == NAT                             # closed and idle: reclaimed
 
 
 @pytest.mark.parametrize("proto, payload", [
