@@ -479,6 +479,37 @@ def test_a_blind_rst_or_fin_from_outside_does_not_cut_an_idle_connection_short(d
     assert gone.packet[IP].dst == NAT                             # closed and idle: reclaimed
 
 
+@pytest.fixture(scope="module")
+def policy_routed():
+    """Per chain mode, a gateway whose main table sends 198.18.200.0/24 back inside
+    (lan0), and whose policy sends TCP to port 443 there out of wan0 (`ip rule ... dport 443`)."""
+    with contextlib.ExitStack() as stack:
+        made = {}
+        for mode in MODES:
+            ns, index, ip = stack.enter_context(scratch_netns(
+                f"{NS}p{mode[0]}", {"lan0": ["198.18.1.1/24"], "wan0": ["198.18.100.1/24"]}, forwarding=True))
+            ip("route", "add", "198.18.200.0/24", "via", "198.18.1.254", "dev", "lan0")
+            ip("route", "add", "198.18.200.0/24", "via", "198.18.100.254", "dev", "wan0", "table", "100")
+            ip("rule", "add", "ipproto", "tcp", "dport", "443", "lookup", "100", "pref", "100")
+            made[mode] = (ns, index)
+        yield made
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_what_policy_routing_sends_out_by_its_port_is_translated(deployed, policy_routed, mode):
+    """The NAT asks the FIB whether a packet leaves by the outside as the kernel
+    will route it: with its ports (and TOS), or TCP to port 443 here would leave
+    by wan0 with its inside address."""
+    ns, _ = gateway = policy_routed[mode]
+    dep = deployed(CHAIN, mode, attach=[f"lan0@{ns}", f"wan0@{ns}"])
+    run = runner(dep, gateway)
+    out = run(eth(IP(src=LAN_HOST, dst="198.18.200.2") / TCP(sport=46000, dport=443, flags="S")), "lan")
+    assert out.packet[IP].src == NAT and out.packet[TCP].sport in RANGE and checksums_valid(out.data)
+    inside = eth(IP(src=LAN_HOST, dst="198.18.200.2") / TCP(sport=46001, dport=80, flags="S"))
+    stays = run(inside, "lan")                                   # the main table: back inside
+    assert stays.action == "XDP_PASS" and stays.data == bytes(inside)
+
+
 @pytest.mark.parametrize("proto, payload", [
     (47, bytes.fromhex("00000800") + b"\x45" + bytes(19)),           # GRE carrying IPv4
     (50, bytes.fromhex("0000100000000001") + bytes(16)),              # ESP: SPI, sequence, data

@@ -1,7 +1,9 @@
 """nat: source NAT / masquerade and destination NAT / port forwarding (IPv4).
 
 Packets from an ``snat`` network that the kernel's FIB sends out of the
-``outside`` interface leave with the rule's address (``masquerade``: the
+``outside`` interface (asked with their protocol, ports, TOS and ingress
+interface, as policy routing reads them; a fwmark netfilter sets later is
+not seen) leave with the rule's address (``masquerade``: the
 outside interface's own) and a port from its range; ICMP echo gets its
 identifier translated. Packets arriving on ``outside`` for a ``dnat`` rule are
 sent to the inside address and port. Replies are translated back, and so are
