@@ -87,7 +87,7 @@ def test_an_old_open_state_dir_is_closed_and_its_lock_replaced(run):
     anyone could open: a user holding that lock must not block the next deploy."""
     run.mkdir(mode=0o755)
     run.chmod(0o755)
-    (run / "old.json").write_text('{"name": "old", "state": "running", "pin_dir": "/x", "attachments": []}')
+    (run / "old.json").write_text('{"name": "old", "state": "deploying", "pin_dir": "/x", "attachments": []}')
     (run / "old.json").chmod(0o644)
     lock = run / "vnfchain.lock"
     lock.touch()
@@ -114,7 +114,7 @@ def test_an_old_open_state_dir_is_closed_and_its_lock_replaced(run):
         holder.wait()
     assert (mode(run), mode(run / "old.json"), mode(lock)) == (0o700, 0o600, 0o600)
     assert os.stat(lock).st_ino != old_lock
-    assert read_record("old")["state"] == "running"
+    assert read_record("old")["state"] == "deploying"
     probe = as_nobody("/usr/bin/python3", "-c", PROBE, run / "old.json", lock)
     assert probe.stdout.split() == ["13", "13"], probe.stderr
 
