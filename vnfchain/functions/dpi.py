@@ -148,6 +148,7 @@ import contextlib
 import hashlib
 import json
 import os
+import stat
 import struct
 from array import array
 from collections import Counter
@@ -252,7 +253,10 @@ class DpiParams(Params):
         if isinstance(data, dict) and isinstance(data.get("rules_file"), str) and data.get("rules_text") is None:
             path = _rules_path(data["rules_file"], info)
             try:
-                with open(path, "rb") as f:
+                # O_NONBLOCK: a FIFO nobody writes to would hold validate forever
+                with open(os.open(path, os.O_RDONLY | os.O_NONBLOCK), "rb") as f:
+                    if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+                        raise ValueError(f"rules_file {path} is not a regular file; give the path of a rules file")
                     raw = f.read(yamlio.MAX_BYTES + 1)
             except OSError as exc:
                 raise ValueError(f"rules_file {path}: {exc.strerror}; check the path "
