@@ -138,6 +138,10 @@ Limits — what this does not see:
   missed (padding the start evades);
 - raw bytes only: no decoding of URL/percent encoding, HTTP chunking or
   compression, TLS, or character encodings; nocase folds ASCII letters only;
+- TCP urgent data is read inline: a receiver takes the byte at the urgent
+  pointer (MSG_OOB; the pointer may come in an earlier segment) out of the
+  stream its application reads, so one byte sent that way inside a content
+  or a name ("bad.exXample") hides it from the dpi as a segment split would;
 - per packet, at most 512 steps examine where contents ended; a packet with
   more matches (say, a one-byte content repeated) is cut short, counted as
   scans_cut_short, and its later matches are missed — prefer long contents.
