@@ -470,6 +470,18 @@ def test_a_blind_rst_or_fin_from_outside_does_not_cut_an_idle_connection_short(d
     run(eth(IP(src=LAN_HOST, dst=REMOTE) / TCP(sport=45000, dport=80, flags="A", seq=2, ack=1500)), "lan")
     run(eth(IP(src=REMOTE, dst=NAT) / TCP(sport=80, dport=port, flags="R", seq=1500)), "wan")
     assert state_of(dep, inside, remote) == "closing"
+    # an abortive close right behind data the inside end has not acknowledged yet
+    port3, _ = snat_handshake(run, LAN_HOST, 45002, isn=3000)
+    third = (f"{LAN_HOST}:45002", remote)
+    # a spoofed segment far off does not move where the remote's data ends
+    run(eth(IP(src=REMOTE, dst=NAT) / TCP(sport=80, dport=port3, flags="PA", seq=9_000_000, ack=2) / b"x"), "wan")
+    run(eth(IP(src=REMOTE, dst=NAT) / TCP(sport=80, dport=port3, flags="R", seq=9_000_001)), "wan")
+    assert state_of(dep, *third) == "established"
+    run(eth(IP(src=REMOTE, dst=NAT) / TCP(sport=80, dport=port3, flags="PA", seq=3001, ack=2) / (b"x" * 100)), "wan")
+    run(eth(IP(src=REMOTE, dst=NAT) / TCP(sport=80, dport=port3, flags="R", seq=3100)), "wan")
+    assert state_of(dep, *third) == "established"                  # one short of the end: a guess
+    run(eth(IP(src=REMOTE, dst=NAT) / TCP(sport=80, dport=port3, flags="R", seq=3101)), "wan")
+    assert state_of(dep, *third) == "closing"
     # and the inside end's own FIN closes its flow, whatever its numbers
     port2, _ = snat_handshake(run, LAN_HOST, 45001)
     run(eth(IP(src=LAN_HOST, dst=REMOTE) / TCP(sport=45001, dport=80, flags="FA", seq=9, ack=3)), "lan")

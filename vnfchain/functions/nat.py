@@ -41,7 +41,8 @@ confirm UDP flows through a port forward by sending twice.
 
 A connection closes (``tcp_transitory``) on the inside end's FIN or RST, or
 on a RST from the outside at the sequence number the inside end acknowledged
-last: a blind RST or FIN cannot make an idle connection expire early.
+last or where the outside end's data ends (followed from those acks, within
+64 KiB): a blind RST or FIN cannot make an idle connection expire early.
 
 Expired confirmed flows are reclaimed when their packets come back, and by a
 sweep: each flow entering the main table enters a ring of recent flows and
