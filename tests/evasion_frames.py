@@ -210,7 +210,9 @@ class Case:
     eth_type: int | None = None    # the innermost ethertype, when it lies
     trim: int = 0                  # bytes cut off the end of every frame
     pad: bytes = b""               # bytes after the datagram in every frame
-    expect: str | None = None      # controls: "delivered" or "refused" by both guards
+    expect: str | None = None      # controls: "delivered" or "refused" by both guards; "reassembled":
+                                   # fragments of an allowed datagram, delivered by the guard that
+                                   # reassembles before its rules (conntrack) and by the chain
 
     def describe(self) -> str:
         """The label and the fields that differ from a plain TCP SYN to port 80."""
@@ -334,6 +336,10 @@ def controls(devices) -> list[Case]:
                 via = " ".join(f"{tpid:#06x}/{vid}" for tpid, vid in vlans) or "untagged"
                 out.append(Case(f"control: {name} via {device} ({via})", family, vlans, device, l4=l4,
                                 expect="delivered"))
+    # every IPv6 fragment's header names what starts the fragmentable part (here
+    # destination options), not the UDP behind it: the datagram is whole all the same
+    out.append(Case("control: udp/53 in IPv6 fragments, destination options after the fragment header", 6,
+                    l4=ALLOWED["udp/53"], ext_frag=(Ext("dst"),), pieces=split(24), expect="reassembled"))
     for family in (4, 6):
         out += [Case("control: tcp/22", family, l4=FORBIDDEN_TCP, expect="refused"),
                 Case("control: udp/161", family, l4=FORBIDDEN_UDP, expect="refused"),

@@ -15,6 +15,14 @@ directory of ours with looser permissions (an older vnfchain made them 0755) is
 tightened, and the files in it replaced by private copies; one that is not
 ours, or a link, is refused.
 
+    /sys/fs/bpf/vnfchain/             root's, no one else may write ($VNFCHAIN_BPFFS)
+
+The pin root lives in bpffs, whose top anyone may write to (mode 1777, like
+/tmp, and empty after a boot): whoever makes it first owns the directory every
+chain is pinned in, and could move a chain's pins away from under undeploy.
+vnfchain makes it 0700, keeps others' write bits off an existing one of its
+own, and refuses one of someone else's (``owned_dir``).
+
 Errors about a file are OSErrors whose ``strerror`` says what is wrong, for the
 caller to put in its own message; errors about the directory are
 ``EnvironmentError_``.
@@ -42,6 +50,28 @@ def private_dir(path: Path, *, create: bool = True) -> Path | None:
     Without ``create``, None when it does not exist."""
     if create:
         _as_environment_error(path, path.parent.mkdir, 0o755, True, True)   # /run is there already
+    was = _our_dir(path, create, lambda mode: 0o700)
+    if was is None:
+        return None
+    if was != 0o700:
+        _tighten_files(path)
+    return path
+
+
+def owned_dir(path: Path, *, create: bool = True) -> Path | None:
+    """``path`` as a directory of ours that nobody else may write to: made 0700,
+    or checked and kept from others' writes; one of someone else's, or a link, is
+    refused. For the pin root, in bpffs, whose top (/sys/fs/bpf) anyone may write
+    to, like /tmp: whoever makes the directory first owns every chain's pins.
+    Without ``create``, None when it does not exist."""
+    return path if _our_dir(path, create, lambda mode: mode & ~0o022) is not None else None
+
+
+def _our_dir(path: Path, create: bool, wanted) -> int | None:
+    """Make (0700) or open ``path``, never through a link, refuse it unless it is
+    ours, and give it the mode ``wanted(its mode)``; the mode it had, or None
+    when it does not exist."""
+    if create:
         with contextlib.suppress(FileExistsError):
             _as_environment_error(path, os.mkdir, path, 0o700)
     try:
@@ -52,12 +82,12 @@ def private_dir(path: Path, *, create: bool = True) -> Path | None:
         st = os.fstat(fd)
         if st.st_uid != os.geteuid():
             raise EnvironmentError_(_foreign_dir(path, st.st_uid))
-        if stat.S_IMODE(st.st_mode) != 0o700:
-            os.fchmod(fd, 0o700)
-            _tighten_files(path)
+        was = stat.S_IMODE(st.st_mode)
+        if wanted(was) != was:
+            os.fchmod(fd, wanted(was))
     finally:
         os.close(fd)
-    return path
+    return was
 
 
 def _as_environment_error(path: Path, call, *args):

@@ -57,6 +57,10 @@ MAX_DEPTH = 64
 MAX_ALIAS_VALUES = 100_000
 
 _KEY = object()     # a mapping frame that waits for its next key
+_INT = "tag:yaml.org,2002:int"
+#: Python's own bound on turning decimal text into an integer; YAML 1.1's base-60
+#: integers (1:59:59) escape it, and take a big multiplication per digit
+MAX_INT_CHARS = 4300
 
 
 class _Frame:
@@ -166,15 +170,21 @@ class _Composer:
             tag = self.loader.resolve(yaml.ScalarNode, event.value, event.implicit)
         if tag == "tag:yaml.org,2002:merge":
             raise self.fail("merge keys (<<: *anchor) are not supported; write the keys out", event)
+        if tag == _INT and len(event.value) > MAX_INT_CHARS:
+            raise self._unreadable(event, f"an integer of over {MAX_INT_CHARS:,} digits")
         node = yaml.ScalarNode(tag, event.value, event.start_mark, event.end_mark, event.style)
         try:
             return self.loader.construct_object(node, deep=True)
-        except ValueError as exc:    # an integer of over 4,300 digits, a 13th month
-            reason = str(exc).split(";")[0]
-            raise self.fail(f"cannot read the value {event.value[:40]!r} ({reason[:1].lower()}{reason[1:]}); "
-                            f"fix it, or quote it to make it a string", event) from None
+        except ValueError as exc:    # a 13th month
+            raise self._unreadable(event, str(exc).split(";")[0]) from None
+        except (KeyError, AttributeError, TypeError):   # an explicit tag its value does not fit: !!bool maybe
+            raise self._unreadable(event, f"not a {tag.rsplit(':', 1)[-1]}") from None
         finally:
             self.loader.constructed_objects.pop(node, None)
+
+    def _unreadable(self, event, reason: str) -> SpecError:
+        return self.fail(f"cannot read the value {event.value[:40]!r} ({reason[:1].lower()}{reason[1:]}); "
+                         f"fix it, or quote it to make it a string", event)
 
     def _check_new_anchor(self, event) -> None:
         if event.anchor in self.anchors or event.anchor in self.building:

@@ -320,6 +320,9 @@ class Guards:
             seen = {g: got[g].get(num, Delivered()) for g in GUARDS}
             if case.expect == "delivered" and not all(seen.values()):
                 problems.append(f"control not delivered: {case.describe()}: {_show(seen)}")
+            elif case.expect == "reassembled" and not (seen["n"] and seen["x"]):
+                problems.append(f"control not delivered as nftables with conntrack (n) delivers it: "
+                                f"{case.describe()}: {_show(seen)}")
             elif case.expect == "refused" and any(seen[g] for g in NFT_GUARDS):
                 problems.append(f"control delivered by nftables: {case.describe()}: {_show(seen)}")
             if +(seen["x"] - (seen["n"] | seen["m"])):

@@ -279,11 +279,31 @@ def _link(path):
     path.symlink_to("/etc/hostname")
 
 
+def _reshape(key, value=None):
+    """A record that is JSON with every key, but one of them of another shape
+    (an older or newer vnfchain's, or edited by hand); value None: without key."""
+    def damage(path):
+        record = json.loads(path.read_text())
+        if value is None:
+            del record[key]
+        else:
+            record[key] = value
+        path.write_text(json.dumps(record))
+    return damage
+
+
 DAMAGE = [(_truncate, "not JSON"), (_foreign, "belongs to uid 65534"), (_link, "is a symbolic link"),
-          (lambda p: p.write_text("[]"), "not a deployment record")]
+          (lambda p: p.write_text("[]"), "not a deployment record"),
+          (_reshape("attachments", "a0"), "not a deployment record (attachments is not a list)"),
+          (_reshape("attachments", [{"interface": "a0"}]), "not a deployment record (attachments[0] has no netns)"),
+          (_reshape("pin_dir", 5), "not a deployment record (pin_dir is not a string)"),
+          (_reshape("functions", [7]), "not a deployment record (functions[0] is not a mapping)"),
+          (_reshape("generation"), "not a deployment record (no generation)")]
+DAMAGE_IDS = ["truncated", "foreign", "symlink", "not-a-record", "attachments-a-string", "attachment-half",
+              "pin-dir-a-number", "function-a-number", "running-without-generation"]
 
 
-@pytest.mark.parametrize("damage,reason", DAMAGE, ids=["truncated", "foreign", "symlink", "not-a-record"])
+@pytest.mark.parametrize("damage,reason", DAMAGE, ids=DAMAGE_IDS)
 def test_an_unreadable_record_is_listed_and_undeploy_removes_what_it_can(own_state, damage, reason):
     ns, name = f"vctu{os.getpid()}", chain_name("unread")
     hostname = Path("/etc/hostname").read_bytes()

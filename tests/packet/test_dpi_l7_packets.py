@@ -118,6 +118,12 @@ def raw_tls(payload: bytes):
     return frame(TCP(sport=40001, dport=443, flags="PA"), payload)
 
 
+def trailing(packet, after: bytes) -> bytes:
+    """The frame with bytes after its IP datagram, which the receiving stack
+    cuts off (its lengths say where the datagram ends) and never delivers."""
+    return bytes(packet) + after
+
+
 def tcp_dns(message: bytes, cut: int | None = None):
     """A DNS query over TCP/53: its length, then the message (up to cut bytes of both)."""
     return frame(TCP(sport=40002, dport=53, flags="PA"), (len(message).to_bytes(2, "big") + message)[:cut])
@@ -202,6 +208,13 @@ CASES = [
     ("the headers go on in the next segment, no Host yet",
      lambda: raw_http(b"GET / HTTP/1.1\r\nUser-Agent: x\r\n"), "XDP_DROP", "unreadable_http_host_unseen", ()),
     ("a segment that ends inside the method", lambda: raw_http(b"GE"), "XDP_DROP", "unreadable_http_request_line", ()),
+    # bytes after the IP datagram reach no server: the Host it reads comes in the next segment
+    ("a Host after the end of the IP datagram is not read",
+     lambda: trailing(raw_http(b"GET / HTTP/1.1\r\n"), b"Host: ok.example\r\n\r\n"),
+     "XDP_DROP", "unreadable_http_host_unseen", ()),
+    ("a request line after the end of the IP datagram is not read",
+     lambda: trailing(raw_http(b"GET / HTTP/1.1\r\nHost: www.bad.example\r\n\r\n"), b"X" * 64),
+     "XDP_DROP", "app1000", ()),
     ("a folded Host (obs-fold)", lambda: raw_http(b"GET / HTTP/1.1\r\nHost:\r\n www.bad.example\r\n\r\n"),
      "XDP_DROP", "unreadable_http_host_ambiguous", ()),
     ("two Host headers", lambda: raw_http(b"GET / HTTP/1.1\r\nHost: ok.example\r\nhost: www.bad.example\r\n\r\n"),
@@ -227,6 +240,9 @@ CASES = [
     ("a ClientHello cut short by its TCP segment", lambda: raw_tls(built_hello("fine.example")[:100]),
      "XDP_DROP", "unreadable_tls_sni_unreached", ()),
     ("a segment holding the record header alone", lambda: raw_tls(built_hello("fine.example")[:5]),
+     "XDP_DROP", "unreadable_tls_sni_unreached", ()),
+    ("a ClientHello whose SNI lies after the end of the IP datagram",
+     lambda: trailing(raw_tls(built_hello("banned.example")[:100]), built_hello("benign.example")[100:]),
      "XDP_DROP", "unreadable_tls_sni_unreached", ()),
     ("an empty handshake record first", lambda: raw_tls(b"\x16\x03\x01\x00\x00" + built_hello("fine.example")),
      "XDP_DROP", "unreadable_tls_sni_unreached", ()),

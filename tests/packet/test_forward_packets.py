@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 
 import pytest
-from scapy.layers.inet import IP, TCP, UDP
+from scapy.layers.inet import IP, TCP, UDP, IPOption_LSRR, IPOption_SSRR
 from scapy.layers.l2 import ARP, Ether
 
 from tests.chain_fixtures import MODES, delta
@@ -37,8 +37,9 @@ def router():
         yield index
 
 
-def packet(dst="198.18.2.2", ttl=64):
-    return Ether(src="02:00:00:00:01:02", dst=IN_MAC) / IP(src="198.18.1.2", dst=dst, ttl=ttl) / \
+def packet(dst="198.18.2.2", ttl=64, options=()):
+    return Ether(src="02:00:00:00:01:02", dst=IN_MAC) / IP(src="198.18.1.2", dst=dst, ttl=ttl,
+                                                          options=list(options)) / \
         TCP(sport=40000, dport=80, flags="S")
 
 
@@ -65,6 +66,11 @@ CASES = [
     ("TTL 1: the stack sends time-exceeded", dict(ttl=1), "XDP_PASS", "pass"),
     ("blackhole route: dropped with reason no_route", dict(dst="198.18.3.1"), "XDP_DROP", "drop_no_route"),
     ("to the router itself: local delivery", dict(dst="198.18.2.1"), "XDP_PASS", "pass"),
+    # a router drops what carries a source route unless accept_source_route says otherwise
+    ("a loose source route: the stack applies accept_source_route",
+     dict(options=[IPOption_LSRR(routers=["198.18.2.2"])]), "XDP_PASS", "pass"),
+    ("a strict source route: the stack applies accept_source_route",
+     dict(options=[IPOption_SSRR(routers=["198.18.2.2"])]), "XDP_PASS", "pass"),
 ]
 
 

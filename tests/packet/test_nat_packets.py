@@ -44,7 +44,8 @@ def gateways():
     wan0 198.18.100.1/24, forwarding on): {name: (netns, {ifname: ifindex})}."""
     with contextlib.ExitStack() as stack:
         made = {}
-        for i, name in enumerate(MODES + tuple(f"flood-{m}" for m in MODES) + ("small", "swept", "ports", "pass")):
+        for i, name in enumerate(MODES + tuple(f"flood-{m}" for m in MODES) + ("small", "swept", "ports", "pass")
+                                 + tuple(f"blind-{m}" for m in MODES)):
             ns, index, _ip = stack.enter_context(scratch_netns(
                 f"{NS}g{i}", {"lan0": ["198.18.1.1/24", "198.18.2.1/24"], "wan0": ["198.18.100.1/24"]},
                 forwarding=True))
@@ -435,6 +436,90 @@ def test_an_evicted_or_expired_unconfirmed_flow_gives_its_port_back(deployed, ga
     time.sleep(1.2)                                   # every unconfirmed flow idles out
     assert sorted(syn(h, dst="198.18.100.99").packet[TCP].sport for h in range(30, 34)) == \
         [30000, 30001, 30002, 30003]
+
+
+BLIND = """
+name: natblind
+functions:
+  nat:
+    type: nat
+    outside: wan0
+    timeouts: {tcp_transitory: 1}
+    snat: [{src: 198.18.1.0/24, ports: "20000-20099"}]
+"""
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_a_blind_rst_or_fin_from_outside_does_not_cut_an_idle_connection_short(deployed, gateways, mode):
+    import time
+    dep, run = on_gateway(deployed, gateways, BLIND, f"blind-{mode}", mode)
+    inside, remote = f"{LAN_HOST}:45000", f"{REMOTE}:80"
+    port, _ = snat_handshake(run, LAN_HOST, 45000, isn=1000)     # the inside end now expects 1001
+    assert state_of(dep, inside, remote) == "established"
+    # a spoofer who guessed the NAT port but not the sequence number: the
+    # endpoint ignores these, and so must the mapping (or it idles out in
+    # tcp_transitory instead of tcp_established)
+    for flags, seq in (("R", 5_000_000), ("RA", 77), ("FA", 5_000_000)):
+        out = run(eth(IP(src=REMOTE, dst=NAT) / TCP(sport=80, dport=port, flags=flags, seq=seq, ack=2)), "wan")
+        assert (out.packet[IP].dst, out.packet[TCP].dport) == (LAN_HOST, 45000)   # the endpoint decides
+        assert state_of(dep, inside, remote) == "established"
+    time.sleep(1.3)                                               # idle past tcp_transitory
+    back = run(eth(IP(src=REMOTE, dst=NAT) / TCP(sport=80, dport=port, flags="A", seq=1001, ack=2)), "wan")
+    assert (back.packet[IP].dst, back.packet[TCP].dport) == (LAN_HOST, 45000)
+    # the remote's real RST, at the sequence number the inside end acknowledged
+    run(eth(IP(src=LAN_HOST, dst=REMOTE) / TCP(sport=45000, dport=80, flags="A", seq=2, ack=1500)), "lan")
+    run(eth(IP(src=REMOTE, dst=NAT) / TCP(sport=80, dport=port, flags="R", seq=1500)), "wan")
+    assert state_of(dep, inside, remote) == "closing"
+    # an abortive close right behind data the inside end has not acknowledged yet
+    port3, _ = snat_handshake(run, LAN_HOST, 45002, isn=3000)
+    third = (f"{LAN_HOST}:45002", remote)
+    # a spoofed segment far off does not move where the remote's data ends
+    run(eth(IP(src=REMOTE, dst=NAT) / TCP(sport=80, dport=port3, flags="PA", seq=9_000_000, ack=2) / b"x"), "wan")
+    run(eth(IP(src=REMOTE, dst=NAT) / TCP(sport=80, dport=port3, flags="R", seq=9_000_001)), "wan")
+    assert state_of(dep, *third) == "established"
+    run(eth(IP(src=REMOTE, dst=NAT) / TCP(sport=80, dport=port3, flags="PA", seq=3001, ack=2) / (b"x" * 100)), "wan")
+    run(eth(IP(src=REMOTE, dst=NAT) / TCP(sport=80, dport=port3, flags="R", seq=3100)), "wan")
+    assert state_of(dep, *third) == "established"                  # one short of the end: a guess
+    run(eth(IP(src=REMOTE, dst=NAT) / TCP(sport=80, dport=port3, flags="R", seq=3101)), "wan")
+    assert state_of(dep, *third) == "closing"
+    # and the inside end's own FIN closes its flow, whatever its numbers
+    port2, _ = snat_handshake(run, LAN_HOST, 45001)
+    run(eth(IP(src=LAN_HOST, dst=REMOTE) / TCP(sport=45001, dport=80, flags="FA", seq=9, ack=3)), "lan")
+    assert state_of(dep, f"{LAN_HOST}:45001", remote) == "closing"
+    time.sleep(1.3)
+    gone = run(eth(IP(src=REMOTE, dst=NAT) / TCP(sport=80, dport=port, flags="A", seq=1500, ack=2)), "wan")
+    assert gone.packet[IP].dst == NAT                             # closed and idle: reclaimed
+
+
+@pytest.fixture(scope="module")
+def policy_routed():
+    """Per chain mode, a gateway whose main table sends 198.18.200.0/24 back inside
+    (lan0), and whose policy sends TCP to port 443 there out of wan0 (`ip rule ... dport 443`)."""
+    with contextlib.ExitStack() as stack:
+        made = {}
+        for mode in MODES:
+            ns, index, ip = stack.enter_context(scratch_netns(
+                f"{NS}p{mode[0]}", {"lan0": ["198.18.1.1/24"], "wan0": ["198.18.100.1/24"]}, forwarding=True))
+            ip("route", "add", "198.18.200.0/24", "via", "198.18.1.254", "dev", "lan0")
+            ip("route", "add", "198.18.200.0/24", "via", "198.18.100.254", "dev", "wan0", "table", "100")
+            ip("rule", "add", "ipproto", "tcp", "dport", "443", "lookup", "100", "pref", "100")
+            made[mode] = (ns, index)
+        yield made
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_what_policy_routing_sends_out_by_its_port_is_translated(deployed, policy_routed, mode):
+    """The NAT asks the FIB whether a packet leaves by the outside as the kernel
+    will route it: with its ports (and TOS), or TCP to port 443 here would leave
+    by wan0 with its inside address."""
+    ns, _ = gateway = policy_routed[mode]
+    dep = deployed(CHAIN, mode, attach=[f"lan0@{ns}", f"wan0@{ns}"])
+    run = runner(dep, gateway)
+    out = run(eth(IP(src=LAN_HOST, dst="198.18.200.2") / TCP(sport=46000, dport=443, flags="S")), "lan")
+    assert out.packet[IP].src == NAT and out.packet[TCP].sport in RANGE and checksums_valid(out.data)
+    inside = eth(IP(src=LAN_HOST, dst="198.18.200.2") / TCP(sport=46001, dport=80, flags="S"))
+    stays = run(inside, "lan")                                   # the main table: back inside
+    assert stays.action == "XDP_PASS" and stays.data == bytes(inside)
 
 
 @pytest.mark.parametrize("proto, payload", [

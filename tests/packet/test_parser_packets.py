@@ -196,6 +196,17 @@ def test_later_fragments_follow_their_first(chains):
         (blocklist, E / IPv6(src=C6, dst=S6) / IPv6ExtHdrFragment(m=1, id=506) / TCP(dport=22) / Raw(bytes(16)),
          E / IPv6(src=C6, dst=S6) / IPv6ExtHdrFragment(offset=5, id=506, nh=6) / Raw(bytes(16)),
          "XDP_DROP", "rule0_hits"),
+        # destination options in the fragmentable part: every fragment's header names
+        # them (RFC 8200 4.5), not the UDP behind them, and the kernel reassembles
+        # by source, destination and id alone
+        (strict, E / IPv6(src=C6, dst=S6) / IPv6ExtHdrFragment(m=1, id=507) / IPv6ExtHdrDestOpt()
+         / UDP(dport=53) / Raw(bytes(16)),
+         E / IPv6(src=C6, dst=S6) / IPv6ExtHdrFragment(offset=5, id=507, nh=60) / Raw(bytes(16)),
+         "XDP_TX", "rule1_hits"),
+        (blocklist, E / IPv6(src=C6, dst=S6) / IPv6ExtHdrFragment(m=1, id=508) / IPv6ExtHdrDestOpt()
+         / TCP(dport=22) / Raw(bytes(16)),
+         E / IPv6(src=C6, dst=S6) / IPv6ExtHdrFragment(offset=5, id=508, nh=17) / Raw(bytes(16)),
+         "XDP_DROP", "rule0_hits"),
     ]
     for dep, first, later, want, hit in cases:
         before = dep.stats()

@@ -87,7 +87,7 @@ def test_an_old_open_state_dir_is_closed_and_its_lock_replaced(run):
     anyone could open: a user holding that lock must not block the next deploy."""
     run.mkdir(mode=0o755)
     run.chmod(0o755)
-    (run / "old.json").write_text('{"name": "old", "state": "running", "pin_dir": "/x", "attachments": []}')
+    (run / "old.json").write_text('{"name": "old", "state": "deploying", "pin_dir": "/x", "attachments": []}')
     (run / "old.json").chmod(0o644)
     lock = run / "vnfchain.lock"
     lock.touch()
@@ -114,7 +114,7 @@ def test_an_old_open_state_dir_is_closed_and_its_lock_replaced(run):
         holder.wait()
     assert (mode(run), mode(run / "old.json"), mode(lock)) == (0o700, 0o600, 0o600)
     assert os.stat(lock).st_ino != old_lock
-    assert read_record("old")["state"] == "running"
+    assert read_record("old")["state"] == "deploying"
     probe = as_nobody("/usr/bin/python3", "-c", PROBE, run / "old.json", lock)
     assert probe.stdout.split() == ["13", "13"], probe.stderr
 
@@ -179,3 +179,42 @@ def test_test_bed_records_are_private(run):
     finally:
         record.forget()
     assert not path.exists()
+
+
+@pytest.fixture
+def pins(monkeypatch):
+    """A pin root of this test's own on bpffs, whose top (/sys/fs/bpf) is
+    world-writable with the sticky bit, like /tmp: anyone may make it first."""
+    from vnfchain.chain import deploy as deploy_mod
+    root = Path(f"{deploy_mod.pin_root()}-o{os.getpid()}")
+    monkeypatch.setenv("VNFCHAIN_BPFFS", str(root))
+    try:
+        yield root
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def test_a_pin_root_a_local_user_made_first_is_refused(run, pins):
+    """After a boot bpffs is empty: a user who makes /sys/fs/bpf/vnfchain before
+    root's first deploy owns the directory every chain is pinned in, and could
+    move a chain's pins away so that undeploy leaves its programs attached."""
+    from vnfchain import Chain
+    made = as_nobody("mkdir", str(pins))
+    assert made.returncode == 0, made.stderr        # bpffs lets anyone do that
+    chain = Chain.from_yaml_text("name: vctpins\nfunctions: {c: {type: counter}}\n")
+    with pytest.raises(EnvironmentError_) as info:
+        chain.deploy(attach=[])
+    assert info.value.message == (f"{pins} belongs to uid {NOBODY}, not to uid 0: someone else made it, so "
+                                  f"vnfchain keeps no state there; check what it holds and remove it")
+    assert list(pins.iterdir()) == []               # nothing pinned in it
+    for argv in (["ls"], ["undeploy", "--all"], ["undeploy", "vctpins"]):
+        result = CliRunner().invoke(cli, argv)
+        assert result.exit_code == 1 and result.output.startswith(f"error: {pins} belongs to uid {NOBODY}"), \
+            (argv, result.output)
+    os.rmdir(pins)
+    dep = chain.deploy(attach=[])                   # made by vnfchain: root's, and no one else may write in it
+    try:
+        assert os.stat(pins).st_uid == 0 and mode(pins) & 0o022 == 0
+        assert as_nobody("mkdir", str(pins / "vctother")).returncode != 0
+    finally:
+        dep.undeploy()

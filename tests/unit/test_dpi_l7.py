@@ -24,6 +24,8 @@ from vnfchain.functions.dpi import DpiParams
     ({"app": "tls", "action": "label"}, "action: label needs label"),
     ({"app": "dns", "qname": "a..example", "action": "drop"}, "not a host name"),
     ({"app": "dns", "qname": "a.*.example", "action": "drop"}, "not a host name"),
+    # a block scalar (host: |) ends in a newline: a rule that would never match
+    ({"app": "http", "host": "bad.example\n", "action": "drop"}, "not a host name"),
     ({"app": "dns", "qname": "x" * 60 + ".example", "action": "drop"}, "longer than the 64 bytes"),
 ])
 def test_bad_rules_are_refused_with_the_reason(rule, error):

@@ -2,6 +2,7 @@
 everything else is an error naming the file and the rule's line."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -117,3 +118,17 @@ def test_a_rules_file_that_is_not_text_or_too_large(tmp_path, monkeypatch):
     monkeypatch.setattr(yamlio, "MAX_BYTES", 100)    # the chain file is smaller, the rules larger
     with pytest.raises(SpecError, match="web.rules is larger than .* MiB; split it or trim it"):
         Chain.from_yaml(path)
+
+
+@pytest.mark.parametrize("make", [os.mkfifo, lambda p: os.symlink("/dev/zero", p)], ids=["fifo", "device"])
+def test_a_rules_file_that_is_no_regular_file_is_refused_at_once(tmp_path, make):
+    """A chain file read as untrusted input may name a FIFO (which nobody
+    writes: `validate` would wait forever) or a device."""
+    import time
+    path = tmp_path / "chain.yaml"
+    path.write_text("name: rules\nfunctions:\n  dpi:\n    type: dpi\n    rules_file: web.rules\n")
+    make(str(tmp_path / "web.rules"))
+    started = time.monotonic()
+    with pytest.raises(SpecError, match="web.rules is not a regular file; give the path of a rules file"):
+        Chain.from_yaml(path)
+    assert time.monotonic() - started < 1

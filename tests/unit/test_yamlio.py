@@ -152,6 +152,8 @@ def test_a_file_that_is_not_utf8_names_the_file(tmp_path, data, line):
     ("name: x\n---\nname: y\n", 2, "more than one document"),
     ("name: x\nnote: a\x00b\n", 2, "character #x0000: control characters are not allowed"),
     ("name: x\nname: y\n", 2, "duplicate key 'name'"),
+    ("name: x\nok: !!bool maybe\n", 2, "cannot read the value 'maybe'"),
+    ("name: x\nwhen: !!timestamp soon\n", 2, "cannot read the value 'soon'"),
 ])
 def test_malformed_values_are_errors_with_their_line(tmp_path, text, line, reason):
     path = write(tmp_path, text)
@@ -178,3 +180,18 @@ functions:
     _, locator = yamlio.loads(text, "x.yaml")
     assert locator.line(("functions", "again", "rules", 0, "dport")) == 10
     assert locator.line(("functions", "steer", "rules", 0, "dport")) == 6
+
+
+def test_explicit_tags_that_do_not_fit_their_value_are_errors_in_the_cli(tmp_path):
+    path = write(tmp_path, "name: x\nfunctions:\n  c: {type: counter, verdict: !!bool perhaps}\n")
+    result = CliRunner().invoke(cli, ["validate", str(path)])
+    assert result.exit_code == 2 and result.output.startswith(f"error: {path}:3: cannot read the value 'perhaps'")
+
+
+def test_a_long_sexagesimal_number_is_refused_before_it_is_computed(tmp_path):
+    """YAML 1.1 reads 1:59:59 as a base-60 integer, one multiplication of an
+    ever larger number per digit: a 450 KB one took 4 s, a 16 MiB one hours."""
+    path = write(tmp_path, "name: x\nport: 1" + ":59" * 150_000 + "\n")
+    error, took, _ = refused(path)
+    assert (error.line, took < 1) == (2, True), (str(error), took)
+    assert "over 4,300 digits" in error.reason

@@ -50,6 +50,12 @@ def pin_root() -> Path:
     return Path(os.environ.get("VNFCHAIN_BPFFS", "/sys/fs/bpf/vnfchain"))
 
 
+def _own_pin_root(create: bool = False) -> Path | None:
+    """The pin root, refused when someone else made it (see statedir); None when
+    it is not there (and not to be made)."""
+    return statedir.owned_dir(pin_root(), create=create)
+
+
 Progress = Callable[[str], None]
 
 
@@ -81,7 +87,7 @@ def deploy(spec: ChainSpec, *, attach: list[AttachPoint] | None = None,
 
 
 def _fresh(spec: ChainSpec, say: Progress) -> "Deployment":
-    pin_dir = pin_root() / spec.name
+    pin_dir = _own_pin_root(create=True) / spec.name
     if pin_dir.exists():
         raise DeployError(f"{pin_dir} is left over from an earlier deploy of '{spec.name}' that "
                           f"did not finish; `vnfchain undeploy {spec.name}` removes it")
@@ -579,6 +585,7 @@ def undeploy(name: str) -> list[str]:
 
 
 def _undeploy(name: str) -> list[str]:
+    _own_pin_root()
     try:
         record = read_record(name)
     except RecordError as exc:
@@ -751,9 +758,11 @@ def listing() -> list["Deployment | RecordError"]:
     """Every chain vnfchain knows of, by name: a Deployment for each readable record
     (finished or not) and for pins left without a record, a RecordError for each
     record that cannot be read."""
-    pinned = [p.name for p in pin_root().iterdir() if p.is_dir()] if pin_root().is_dir() else []
+    recorded = set(recorded_names())
+    root = _own_pin_root()
+    pinned = [p.name for p in root.iterdir() if p.is_dir()] if root else []
     out: list[Deployment | RecordError] = []
-    for name in sorted(set(recorded_names()) | {n for n in pinned if re.fullmatch(CHAIN_NAME, n)}):
+    for name in sorted(recorded | {n for n in pinned if re.fullmatch(CHAIN_NAME, n)}):
         try:
             out.append(_known(name))
         except RecordError as exc:

@@ -153,8 +153,8 @@ def _chain_error(exc: ValidationError, loc: Locator) -> SpecError:
 
 def _function(name: str, body: dict[str, Any], loc: Locator) -> FunctionSpec:
     path = ("functions", name)
-    if not re.match(FUNCTION_NAME, str(name)):
-        raise loc.error(f"function name '{name}' must be a lower-case identifier of at most 24 "
+    if not re.fullmatch(FUNCTION_NAME, str(name)):
+        raise loc.error(f"function name {str(name)!r} must be a lower-case identifier of at most 24 "
                         f"characters ([a-z_][a-z0-9_]*); rename it", path)
     if not isinstance(body, dict):
         raise loc.error(f"function '{name}' must be a mapping with at least 'type:'", path)

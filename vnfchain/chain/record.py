@@ -20,6 +20,18 @@ from ..errors import NotDeployedError, RecordError
 from .model import CHAIN_NAME
 
 _KEYS = ("name", "state", "pin_dir", "attachments")   # what undeploy needs
+# what a finished deploy wrote, and what `status` and `stats` read of it
+_RUNNING = ("mode", "generation", "gen_dir", "entry_prog_id", "functions", "maps", "spec", "counters")
+_MAYBE = (str, type(None))
+# the shape of every key a record may have: a type, or (list, the shape of each item)
+_SHAPES = {
+    "name": str, "state": str, "pin_dir": str, "gen_dir": str, "mode": str, "generation": int,
+    "entry_prog_id": int, "spec": dict, "counters": (list, str), "maps": dict,
+    "attachments": (list, {"interface": str, "netns": _MAYBE, "ifindex": int, "mode": _MAYBE}),
+    "pending": (list, {"interface": str, "netns": _MAYBE, "ifindex": int, "mode": _MAYBE}),
+    "functions": (list, {"name": str, "type": str, "slot": int, "prog_id": (int, type(None))}),
+}
+_NAMES = {str: "a string", int: "a number", dict: "a mapping", list: "a list"}
 
 
 def check_name(name: str) -> None:
@@ -57,9 +69,48 @@ def read_record(name: str) -> dict | None:
     missing = [key for key in _KEYS if key not in record] if isinstance(record, dict) else list(_KEYS)
     if missing:
         raise RecordError(name, path, f"not a deployment record (no {', '.join(missing)})")
+    problem = _shape_problem(record)
+    if problem:
+        raise RecordError(name, path, f"not a deployment record ({problem})")
     if record["name"] != name:
         raise RecordError(name, path, f"it is the record of chain '{record['name']}'")
     return record
+
+
+def _shape_problem(record: dict) -> str | None:
+    """What in a record (JSON with the keys undeploy needs) is not shaped as
+    vnfchain writes it: every later reader may then index it freely."""
+    if record["state"] == "running":
+        missing = [key for key in _RUNNING if key not in record]
+        if missing:
+            return f"no {', '.join(missing)}"
+    for key, shape in _SHAPES.items():
+        if key in record:
+            problem = _misfit(key, record[key], shape)
+            if problem:
+                return problem
+    return None
+
+
+def _misfit(where: str, value, shape) -> str | None:
+    if isinstance(shape, tuple) and shape[0] is list:
+        if not isinstance(value, list):
+            return f"{where} is not a list"
+        return next(filter(None, (_misfit(f"{where}[{i}]", v, shape[1]) for i, v in enumerate(value))), None)
+    if isinstance(shape, dict):
+        if not isinstance(value, dict):
+            return f"{where} is not a mapping"
+        for key, inner in shape.items():
+            if key not in value:
+                return f"{where} has no {key}"
+            problem = _misfit(f"{where}.{key}", value[key], inner)
+            if problem:
+                return problem
+        return None
+    if not isinstance(value, shape) or isinstance(value, bool):
+        kinds = shape if isinstance(shape, tuple) else (shape,)
+        return f"{where} is not {' or '.join(_NAMES.get(k, 'null') for k in kinds)}"
+    return None
 
 
 def recorded_names() -> list[str]:

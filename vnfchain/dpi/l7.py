@@ -65,7 +65,7 @@ def normalize(name: str) -> str:
 def check_pattern(pattern: str) -> str:
     """A host name, or ``*.`` and a parent domain (any name below it)."""
     p = normalize(pattern)
-    if not _NAME.match(p):
+    if not _NAME.fullmatch(p):
         raise ValueError(f"'{pattern}' is not a host name or '*.domain' wildcard")
     limit = NAME_MAX + 1 if p.startswith("*.") else NAME_MAX
     if len(p) > limit:

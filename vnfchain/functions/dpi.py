@@ -54,7 +54,9 @@ rule renumbers the counters of those after it, and a signature id (sid) of
 — give ids to the rules whose counters you follow.
 
 How a request is read: as the servers behind the chain read it, from the
-packet that starts it (no reassembly).
+packet that starts it (no reassembly), and only as far as its IP datagram
+goes: bytes after it in the frame, which the receiving stack cuts off, are
+cut off first (signatures do not see them either).
 - HTTP: CR and LF bytes before the request line are skipped, up to 1,024 (RFC
   9112 2.2; nginx skips any number, Apache ten lines). Method and target may be
   apart by up to 17 of SP, HTAB, VT, FF, CR (RFC 9112 3). A target that names a
@@ -114,7 +116,10 @@ Limits of app rules: up to 64; names compared on their last 64 bytes (a
 longer name matches wildcards of up to 64 bytes, never an exact name); paths on
 their first 64 bytes, raw: no %-decoding and no dot-segment or double-slash
 removal (``/%61dmin``, ``/x/../admin``, ``//admin`` do not match ``path:
-/admin``); methods in upper case (``get`` is not one). Not seen: a request that
+/admin``); methods in upper case (``get`` is not one), and only GET, HEAD,
+POST, PUT, DELETE, OPTIONS, PATCH, CONNECT and TRACE: a request with another
+method (WebDAV's PROPFIND, or any token a proxied application takes) is not
+HTTP to the rules, though servers pass it to the site its Host names. Not seen: a request that
 does not start a TCP segment (pipelined behind another in one segment, or
 after a body); a second Host header past the 1,024 bytes read (RFC 9112 3.2:
 nginx, Go, HAProxy refuse two, Python and Node use the first, as the dpi
@@ -133,6 +138,10 @@ Limits — what this does not see:
   missed (padding the start evades);
 - raw bytes only: no decoding of URL/percent encoding, HTTP chunking or
   compression, TLS, or character encodings; nocase folds ASCII letters only;
+- TCP urgent data is read inline: a receiver takes the byte at the urgent
+  pointer (MSG_OOB; the pointer may come in an earlier segment) out of the
+  stream its application reads, so one byte sent that way inside a content
+  or a name ("bad.exXample") hides it from the dpi as a segment split would;
 - per packet, at most 512 steps examine where contents ended; a packet with
   more matches (say, a one-byte content repeated) is cut short, counted as
   scans_cut_short, and its later matches are missed — prefer long contents.
@@ -143,6 +152,7 @@ import contextlib
 import hashlib
 import json
 import os
+import stat
 import struct
 from array import array
 from collections import Counter
@@ -247,7 +257,10 @@ class DpiParams(Params):
         if isinstance(data, dict) and isinstance(data.get("rules_file"), str) and data.get("rules_text") is None:
             path = _rules_path(data["rules_file"], info)
             try:
-                with open(path, "rb") as f:
+                # O_NONBLOCK: a FIFO nobody writes to would hold validate forever
+                with open(os.open(path, os.O_RDONLY | os.O_NONBLOCK), "rb") as f:
+                    if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+                        raise ValueError(f"rules_file {path} is not a regular file; give the path of a rules file")
                     raw = f.read(yamlio.MAX_BYTES + 1)
             except OSError as exc:
                 raise ValueError(f"rules_file {path}: {exc.strerror}; check the path "

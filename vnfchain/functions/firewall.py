@@ -183,7 +183,7 @@ class Firewall(FunctionType):
                     "(version, ifindex) -> candidate rules"),
             MapSpec("ct_bits", "array", 2 * (len(CT_STATES) + 1), "conntrack state -> candidate rules"),
             MapSpec("actions", "array", 2 * w * 64, "rule -> verdict"),
-            MapSpec("frags", "lru_hash", FRAGMENTS, "first fragment (src, dst, id, proto) -> verdict"),
+            MapSpec("frags", "lru_hash", FRAGMENTS, "first fragment (src, dst, id; IPv4: proto) -> verdict"),
             MapSpec("hits", "percpu_array", w * 64 + 1, "packets per rule; the default's last"),
         ]
         sizes = {"flows": params.max_flows, "unconfirmed": unconfirmed_room(params)}

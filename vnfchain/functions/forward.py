@@ -4,8 +4,12 @@ By default the egress interface and next-hop MAC come from the kernel's own
 routing and neighbour tables (``bpf_fib_lookup``), so the DUT forwards like a
 router but without the stack. Packets the FIB cannot finish in XDP (no
 neighbour entry yet, TTL running out, MTU, local destination) are passed to the
-stack, which resolves or answers them. With ``interface`` every packet leaves by
-that interface unchanged (a wire).
+stack, which resolves or answers them; so are frames whose IP header the stack
+would refuse and IPv4 source routes (LSRR/SSRR) and IPv6 routing headers with
+segments left, which the stack drops or follows as accept_source_route says.
+The lookup asks with the packet's protocol, ports, TOS (IPv6: traffic class
+and flow label) and ingress interface, as policy routing reads them. With
+``interface`` every packet leaves by that interface unchanged (a wire).
 """
 from __future__ import annotations
 

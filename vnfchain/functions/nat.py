@@ -1,7 +1,9 @@
 """nat: source NAT / masquerade and destination NAT / port forwarding (IPv4).
 
 Packets from an ``snat`` network that the kernel's FIB sends out of the
-``outside`` interface leave with the rule's address (``masquerade``: the
+``outside`` interface (asked with their protocol, ports, TOS and ingress
+interface, as policy routing reads them; a fwmark netfilter sets later is
+not seen) leave with the rule's address (``masquerade``: the
 outside interface's own) and a port from its range; ICMP echo gets its
 identifier translated. Packets arriving on ``outside`` for a ``dnat`` rule are
 sent to the inside address and port. Replies are translated back, and so are
@@ -36,6 +38,11 @@ evicted once ``max_unconfirmed`` newer flows from its side came after it. When t
 table is full of live flows, a confirmed flow stays unconfirmed and is counted
 (``table_full``); no flow is dropped for room. A blind spoofer can still
 confirm UDP flows through a port forward by sending twice.
+
+A connection closes (``tcp_transitory``) on the inside end's FIN or RST, or
+on a RST from the outside at the sequence number the inside end acknowledged
+last or where the outside end's data ends (followed from those acks, within
+64 KiB): a blind RST or FIN cannot make an idle connection expire early.
 
 Expired confirmed flows are reclaimed when their packets come back, and by a
 sweep: each flow entering the main table enters a ring of recent flows and
@@ -89,8 +96,9 @@ class DnatRule(Params):
 
 class NatTimeouts(Params):
     tcp_established: int = Field(3600, ge=1, description="seconds an idle established TCP mapping is kept")
-    tcp_transitory: int = Field(120, ge=1, description="seconds for closing TCP (FIN or RST seen); caps "
-                                                       "unconfirmed TCP too")
+    tcp_transitory: int = Field(120, ge=1, description="seconds for closing TCP (the inside end's FIN or RST, "
+                                                       "or a RST from outside at the sequence number the inside "
+                                                       "end acknowledged); caps unconfirmed TCP too")
     udp: int = Field(30, ge=1, description="seconds an idle UDP mapping is kept")
     icmp: int = Field(30, ge=1, description="seconds an idle ICMP echo mapping is kept")
     unconfirmed: int = Field(30, ge=1, description="seconds an idle unconfirmed flow (half-open TCP, "
@@ -113,7 +121,7 @@ class NatParams(Params):
 
 PROTOS = {"tcp": 6, "udp": 17, "icmp": 1}
 TUPLE = struct.Struct("<4s4s2s2sB3x")        # struct nat_tuple, fields in network order
-MAPPING = struct.Struct("<Q4s2sBx")         # struct nat_mapping (the first 16 bytes of struct nat_pending)
+MAPPING = struct.Struct("<Q4s2sBx")         # the first 16 bytes of struct nat_mapping (and of nat_pending)
 STATES = {0: "unconfirmed", 1: "established", 2: "closing", 3: "replied"}
 # the function's own counters, in the order of its counts map (rendered into C as <fn>_C_<NAME>)
 COUNTS = ("new_snat_flows", "new_port_forward_flows", "confirmed_flows", "evicted_unconfirmed", "table_full")

@@ -15,6 +15,20 @@ static __always_inline void vc_ipv4_ttl_dec(struct iphdr *ip)
 	ip->ttl--;
 }
 
+/* what policy routing (ip rule ipproto/sport/dport/iif) and layer-4
+ * multipath hashing read of a packet besides its addresses and TOS (IPv6:
+ * flowinfo), which the caller sets: without them the lookup may name another
+ * route than the one the kernel takes */
+static __always_inline void vc_fib_flow(struct xdp_md *ctx, const struct vc_meta *meta, struct bpf_fib_lookup *fib)
+{
+	fib->l4_protocol = meta->ip_proto;   /* IPv6: the one after extension headers */
+	if (meta->l4_off && (meta->ip_proto == IPPROTO_TCP || meta->ip_proto == IPPROTO_UDP)) {
+		fib->sport = meta->sport;
+		fib->dport = meta->dport;
+	}
+	fib->ifindex = ctx->ingress_ifindex;
+}
+
 static __always_inline int vc_fib_forward(struct xdp_md *ctx, struct vc_meta *meta, __u8 no_route)
 {
 	struct bpf_fib_lookup fib = {};
@@ -32,7 +46,7 @@ static __always_inline int vc_fib_forward(struct xdp_md *ctx, struct vc_meta *me
 			return VC_PASS;
 		fib.family = AF_INET;
 		fib.tos = ip->tos;
-		fib.l4_protocol = ip->protocol;
+		vc_fib_flow(ctx, meta, &fib);
 		fib.tot_len = ntohs(ip->tot_len);
 		fib.ipv4_src = ip->saddr;
 		fib.ipv4_dst = ip->daddr;
@@ -41,14 +55,14 @@ static __always_inline int vc_fib_forward(struct xdp_md *ctx, struct vc_meta *me
 		if (!ip6 || ip6->hop_limit <= 1)
 			return VC_PASS;
 		fib.family = AF_INET6;
-		fib.l4_protocol = meta->ip_proto;   /* after extension headers */
+		fib.flowinfo = *(__be32 *)ip6 & htonl(0x0fffffff);    /* traffic class and flow label */
+		vc_fib_flow(ctx, meta, &fib);
 		fib.tot_len = ntohs(ip6->payload_len);
 		__builtin_memcpy(fib.ipv6_src, &ip6->saddr, 16);
 		__builtin_memcpy(fib.ipv6_dst, &ip6->daddr, 16);
 	} else {
 		return VC_PASS;
 	}
-	fib.ifindex = ctx->ingress_ifindex;
 
 	rc = bpf_fib_lookup(ctx, &fib, sizeof(fib), 0);
 	if (rc == BPF_FIB_LKUP_RET_BLACKHOLE || rc == BPF_FIB_LKUP_RET_UNREACHABLE ||
