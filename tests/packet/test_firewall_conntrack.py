@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import pytest
 from scapy.layers.inet import ICMP, IP, TCP, UDP, IPerror, TCPerror, UDPerror
-from scapy.layers.inet6 import ICMPv6DestUnreach, ICMPv6EchoReply, ICMPv6EchoRequest, ICMPv6PacketTooBig, IPv6, \
+from scapy.layers.inet6 import IPv6ExtHdrDestOpt, ICMPv6DestUnreach, ICMPv6EchoReply, ICMPv6EchoRequest, ICMPv6PacketTooBig, IPv6, \
     IPerror6
 
 from vnfchain import bpfsys
@@ -328,6 +328,10 @@ def test_icmpv6_errors_quoting_a_tracked_flow_are_related(fw):
         "about an untracked datagram": (IPv6(src=ROUTER6, dst=C6) / ICMPv6DestUnreach(code=4) /
                                         IPerror6(src=C6, dst=S6) / UDPerror(sport=sport + 1, dport=53), False),
     }
+    behind = IPv6(src=C6, dst=S6) / IPv6ExtHdrDestOpt() / UDP(sport=sport + 2, dport=53)
+    assert fw.run(eth(behind)).action == "XDP_PASS"
+    errors["unreachable about a datagram with destination options"] = (
+        IPv6(src=ROUTER6, dst=C6) / ICMPv6DestUnreach(code=4) / IPerror6(bytes(behind)), True)
     conn = open_flow(fw, family=6)
     assert fw.run(conn.send(0, "PA", payload=b"q" * 1400)).action == "XDP_PASS"
     too_big = IPv6(src=C6, dst=S6) / TCP(sport=conn.port[0], dport=80, seq=(conn.nxt[0] - 1400) % 2**32, flags="PA")

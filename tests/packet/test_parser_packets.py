@@ -244,6 +244,17 @@ def test_an_orphan_later_fragment_condemns_its_datagram(chains):
     assert "rule1_hits" not in changed
 
 
+def test_dropped_fragments_cannot_push_out_an_allowed_datagram(chains):
+    """The verdicts of condemned datagrams are kept apart: a flood of dropped
+    first fragments (more than the table holds) leaves an allowed datagram's
+    later fragments their verdict."""
+    strict, _ = chains
+    assert strict.run(ipv4(tcp(80) + bytes(16), frag=0x2000, ident=40001)).action == "XDP_TX"
+    for ident in range(9000):
+        strict.run(ipv4(tcp(22) + bytes(16), frag=0x2000, ident=ident))
+    assert strict.run(ipv4(bytes(16), frag=5, ident=40001)).action == "XDP_TX"
+
+
 def test_a_fragment_of_another_datagram_does_not_follow(chains):
     """Same addresses and protocol, another id: the kernel would not reassemble
     them together, and the firewall does not let one vouch for the other."""

@@ -62,8 +62,7 @@ Limits: a TCP flow first seen mid-stream (conntrack turned on under running
 connections, an entry expired or evicted) is not picked up: its packets are
 invalid until it reconnects; a port reused while the old flow is still open
 (its close never seen) is refused until the entry expires
-(timeouts.established); simultaneous open is not supported; quoted IPv6
-extension headers are not walked. A UDP flow whose opener never sends again
+(timeouts.established); simultaneous open is not supported. A UDP flow whose opener never sends again
 after the answer (a one-shot query, a stream only the other side sends) stays
 unconfirmed and can be pushed out by a flood; a blind spoofer can confirm UDP
 flows by sending twice, and hosts that complete handshakes from their real
@@ -184,6 +183,7 @@ class Firewall(FunctionType):
             MapSpec("ct_bits", "array", 2 * (len(CT_STATES) + 1), "conntrack state -> candidate rules"),
             MapSpec("actions", "array", 2 * w * 64, "rule -> verdict"),
             MapSpec("frags", "lru_hash", FRAGMENTS, "first fragment (src, dst, id; IPv4: proto) -> verdict"),
+            MapSpec("frag_drops", "lru_hash", FRAGMENTS, "condemned datagrams (src, dst, id; IPv4: proto)"),
             MapSpec("hits", "percpu_array", w * 64 + 1, "packets per rule; the default's last"),
         ]
         sizes = {"flows": params.max_flows, "unconfirmed": unconfirmed_room(params)}

@@ -225,6 +225,32 @@ static __always_inline __u8 vc_parse_ipv6(struct xdp_md *ctx, struct vc_meta *me
 	return vc_parse_l4(ctx, meta, end);
 }
 
+/* the upper-layer header of a quoted IPv6 packet (inside an ICMPv6 error) behind
+ * its extension headers at off, *next its protocol; 0 when it is not reached
+ * (cut short, more than VC_MAX_EXT_HEADERS, or a later fragment) */
+static __always_inline __u32 vc_ipv6_skip_ext(struct xdp_md *ctx, __u32 off, __u8 *next)
+{
+#pragma unroll
+	for (int i = 0; i < VC_MAX_EXT_HEADERS; i++) {
+		__u8 *h;
+
+		if (!vc_ipv6_ext(*next))
+			return off;
+		h = vc_at(ctx, off, 8);
+		if (!h)
+			return 0;
+		if (*next == VC_IPPROTO_FRAGMENT) {
+			if (ntohs(((struct vc_frag6_hdr *)h)->frag_off) >> 3)
+				return 0;
+			off += 8;
+		} else {
+			off += (h[1] + 1) * 8;
+		}
+		*next = h[0];
+	}
+	return vc_ipv6_ext(*next) ? 0 : off;
+}
+
 /* one MurmurHash3 round: every input word is mixed on its own before the next
  * joins (adding or xoring raw fields first lets different flows collide) */
 static __always_inline __u32 vc_hash_round(__u32 h, __u32 v)
