@@ -113,6 +113,22 @@ def test_exit_action_applies_after_the_last_function(deployed, mode):
     assert result.duration_ns > 0
 
 
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("exit_action,action,counted", [("drop", "XDP_DROP", {"drop": 1, "drop_exit": 1}),
+                                                        ("pass", "XDP_PASS", {"pass": 1}),
+                                                        ("tx", "XDP_TX", {"tx": 1})])
+def test_the_last_function_counts_what_the_exit_did(deployed, mode, exit_action, action, counted):
+    """A packet that leaves the last function gets the chain's exit action, and
+    that function's counters say so (not "continue")."""
+    dep = deployed(LINE.replace("exit: tx", f"exit: {exit_action}").replace("name: line", f"name: exit-{exit_action}"),
+                   mode)
+    before = dep.stats()
+    assert dep.run(Ether(**ETH) / IP(src=CLIENT, dst=SERVER) / UDP(dport=9)).action == action
+    changed = delta(before, dep.stats())
+    assert changed["first"]["continue"] == 1
+    assert {k: v for k, v in changed["second"].items() if not k.startswith(("rx_", "udp_"))} == counted
+
+
 def test_missed_tail_call_is_counted_and_ends_in_on_miss(deployed):
     from vnfchain import bpfsys
     dep = deployed(LINE, "tailcall")

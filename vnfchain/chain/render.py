@@ -135,7 +135,7 @@ def _common_vars(spec: ChainSpec, pin_dir: str, generation: int) -> dict:
         chain=spec.name, gen_dir=str(generation_dir(pin_dir, generation)),
         nfuncs=len(spec.functions), defines=counter_layout().c_defines(), slots=spec.slots,
         labels=spec.labels, entry=spec.entry, on_miss=XDP_ACTIONS[spec.on_miss],
-        exit=XDP_ACTIONS[spec.exit])
+        exit=XDP_ACTIONS[spec.exit], exit_verdict=f"VC_{spec.exit.upper()}")
 
 
 def context_for(spec: ChainSpec, f: FunctionSpec, **extra) -> RenderContext:

@@ -50,7 +50,7 @@ MAX_VLAN_TAGS = 4        # VLAN tags walked; a deeper stack is unparsed (vlan)
 MAX_EXT_HEADERS = 8      # IPv6 extension headers walked before ext_headers
 
 # Drop reasons every function may use; function types add their own.
-COMMON_REASONS: tuple[str, ...] = (("policy", "malformed", "redirect_failed")
+COMMON_REASONS: tuple[str, ...] = (("policy", "malformed", "redirect_failed", "exit")
                                    + tuple(f"unparsed_{u}" for u in UNPARSED))
 
 

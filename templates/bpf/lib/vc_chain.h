@@ -100,6 +100,17 @@ static __always_inline int vc_drop_unparsed(struct vc_meta *meta)
 	return vc_drop(meta, VC_REASON_UNPARSED_BASE + meta->unparsed);
 }
 
+/* after the last function, "continue" is the chain's exit action: counted as
+ * what it is (a drop by exit: drop has the reason "exit") */
+static __always_inline int vc_exit_verdict(int verdict, struct vc_meta *meta)
+{
+	if (verdict != VC_CONTINUE)
+		return verdict;
+	if (VC_EXIT_VERDICT == VC_DROP)
+		return vc_drop(meta, VC_REASON_EXIT);
+	return VC_EXIT_VERDICT;
+}
+
 /* rc is what bpf_redirect()/bpf_redirect_map() returned */
 static __always_inline int vc_redirect(struct vc_meta *meta, long rc)
 {
