@@ -42,6 +42,25 @@ class SpecError(VnfchainError):
         self.reason = message
 
 
+class SpecErrors(SpecError):
+    """Every mistake found in one definition, in file order; reads as the first
+    (its file, line, key) followed by the others, one per line."""
+
+    def __init__(self, errors: list[SpecError]):
+        self.errors = sorted(errors, key=lambda e: (e.file or "", e.line or 0))
+        first = self.errors[0]
+        super().__init__(first.reason, file=first.file, line=first.line, key=first.key)
+        self.message = "\n".join(e.message for e in self.errors)
+        self.args = (self.message,)
+
+    @staticmethod
+    def raise_if(errors: list[SpecError]) -> None:
+        if len(errors) == 1:
+            raise errors[0]
+        if errors:
+            raise SpecErrors(errors)
+
+
 class RenderError(VnfchainError):
     pass
 

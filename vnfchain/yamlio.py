@@ -272,28 +272,9 @@ def dumps(data: Any) -> str:
     return yaml.safe_dump(data, sort_keys=False, default_flow_style=None)
 
 
-_TYPE_TAGS = {"int", "str", "float", "bool", "list", "dict", "tuple", "none",
-              "IPv4Network", "IPv6Network"}
-
-
-def _is_type_tag(part) -> bool:
-    """pydantic puts union members and validators in an error's location
-    ("dport", "list[...]", "function-after[...]"); a user's key never looks like that."""
-    return isinstance(part, str) and ("[" in part or part in _TYPE_TAGS or part.startswith("function-"))
-
-
-def pydantic_to_spec_error(exc, locator: Locator, prefix: Path_ = ()) -> SpecError:
-    """First error of a pydantic ValidationError as a SpecError with file:line; an
-    unknown key comes first, as a misspelt key ("rulez") also makes one missing."""
-    errors = exc.errors()
-    err = next((e for e in errors if e["type"] == "extra_forbidden"), errors[0])
-    loc = prefix + tuple(p for p in err["loc"] if not _is_type_tag(p))
-    key = ".".join(str(p) for p in loc)
-    msg = err["msg"].removeprefix("Value error, ")
-    if err["type"] == "extra_forbidden":
-        msg = f"unknown key '{loc[-1]}'; remove it or check its spelling"
-    elif err["type"] == "missing":
-        msg = f"missing required key '{loc[-1]}'"
-    else:
-        msg = f"{key}: {msg}"
-    return locator.error(msg, loc)
+def pydantic_to_spec_error(exc, locator: Locator, prefix: Path_ = (), model=None) -> SpecError:
+    """The first error of a pydantic ValidationError, worded (vnfchain.spec_errors),
+    with file:line; an unknown key comes first, as a misspelt key also makes one missing."""
+    from .spec_errors import spec_errors
+    errors = spec_errors(exc, locator, model=model, prefix=prefix)
+    return next((e for e in errors if e.reason.startswith("unknown key")), errors[0])

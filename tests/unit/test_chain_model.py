@@ -15,7 +15,10 @@ from pydantic import ValidationError
 from vnfchain import Chain
 from vnfchain.chain import AttachPoint
 from vnfchain.chain.model import MAX_TAIL_CALLS
-from vnfchain.errors import SpecError
+from vnfchain.errors import SpecError, SpecErrors
+import vnfchain.cli.commands  # noqa: F401  (registers the commands)
+from vnfchain.cli import cli as cli_main
+from click.testing import CliRunner
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "pvp-forward.yaml"
 
@@ -249,10 +252,10 @@ ERRORS = [
      3, "functions.a", ["has no 'type:'", "counter"]),
     ("unknown parameter",
      BASE.replace("    next: b\n", "    colour: red\n    next: b\n"),
-     5, "functions.a.colour", ["function 'a' (counter)", "unknown key 'colour'", "remove it"]),
+     5, "functions.a.colour", ["function 'a' (counter)", "unknown key 'colour'", "known keys: verdict"]),
     ("bad counter verdict",
      BASE.replace("    next: b\n", "    verdict: bounce\n    next: b\n"),
-     5, "functions.a.verdict", ["'continue'", "'drop'"]),
+     5, "functions.a.verdict", ["'bounce' is not one of continue, drop, pass, tx"]),
     ("next names a missing function",
      BASE.replace("next: b", "next: bee"),
      5, "functions.a.next", ["'bee'", "not a function", "a, b"]),
@@ -283,7 +286,7 @@ ERRORS = [
      1, "name", ["[a-z][a-z0-9-]{0,22}", "pin paths", "rename it"]),
     ("chain name with bad characters",
      BASE.replace("name: t", "name: Web_Edge"),
-     1, "name", ["chain name must match", "rename it"]),
+     1, "name", ["chain name 'Web_Edge' must match", "rename it"]),
     ("function name with capitals",
      BASE.replace("  b:\n", "  Out:\n").replace("next: b", "next: Out"),
      6, "functions.Out", ["function name 'Out'", "lower-case identifier", "rename it"]),
@@ -308,13 +311,13 @@ ERRORS = [
      3, "attach.0.interface", ["attach.0.interface"]),
     ("bad xdp_mode",
      "name: t\nxdp_mode: turbo\n" + BASE.split("\n", 1)[1],
-     2, "xdp_mode", ["'auto'", "'native'", "'generic'"]),
+     2, "xdp_mode", ["'turbo' is not one of auto, native, generic"]),
     ("bad exit action",
      "name: t\nexit: redirect\n" + BASE.split("\n", 1)[1],
-     2, "exit", ["'pass'", "'drop'", "'tx'"]),
+     2, "exit", ["'redirect' is not one of pass, drop, tx"]),
     ("unknown chain key",
      "name: t\ncolour: red\n" + BASE.split("\n", 1)[1],
-     2, "colour", ["unknown key 'colour'", "remove it"]),
+     2, "colour", ["unknown key 'colour'", "known keys: attach, description"]),
     ("missing name",
      BASE.split("\n", 1)[1],
      1, "name", ["missing required key 'name'"]),
@@ -326,7 +329,7 @@ ERRORS = [
      2, "functions", ["at least one function"]),
     ("forward interface with a slash",
      BASE.replace("type: forward", "type: forward\n    interface: wan/0"),
-     8, "functions.b.interface", ["function 'b' (forward)", "functions.b.interface"]),
+     8, "functions.b.interface", ["function 'b' (forward)", "interface: interface name 'wan/0'"]),
     ("forward interface too long",
      BASE.replace("type: forward", "type: forward\n    interface: abcdefghijklmnop"),
      8, "functions.b.interface", ["is 16 bytes long", "1-15 bytes (IFNAMSIZ)"]),
@@ -353,7 +356,7 @@ ERRORS += [
      7, "functions.steer.rules.0.dport", ["function 'steer' (classify)", "65535"]),
     ("port zero",
      CLASSIFY.replace("dport: 53,", "dport: 0,"),
-     9, "functions.steer.rules.1.dport", ["greater than or equal to 1"]),
+     9, "functions.steer.rules.1.dport", ["rules.1.dport: 0 is less than 1"]),
     ("port not a number",
      CLASSIFY.replace("dport: 80\n", "dport: http\n"),
      7, "functions.steer.rules.0.dport", ["valid integer"]),
@@ -365,13 +368,13 @@ ERRORS += [
      7, "functions.steer.rules.0.dport", ["valid integer"]),
     ("bad protocol",
      CLASSIFY.replace("proto: udp", "proto: sctp"),
-     9, "functions.steer.rules.1.proto", ["'tcp'", "'udp'", "'icmp'"]),
+     9, "functions.steer.rules.1.proto", ["'sctp' is not one of tcp, udp, icmp, icmpv6"]),
     ("port on icmp",
      CLASSIFY.replace("proto: tcp", "proto: icmp"),
      7, "functions.steer.rules.0.dport", ["tcp and udp only", "remove it"]),
     ("bad label",
      CLASSIFY.replace("label: web", "label: Web"),
-     8, "functions.steer.rules.0.label", ["functions.steer.rules.0.label"]),
+     8, "functions.steer.rules.0.label", ["rules.0.label: 'Web' does not match"]),
     ("rule without label",
      CLASSIFY.replace("        label: web\n", ""),
      6, "functions.steer.rules.0.label", ["missing required key 'label'"]),
@@ -485,3 +488,50 @@ def test_graph_cycle():
 def test_only_a_digraph_is_a_chain_graph(graph):
     with pytest.raises(SpecError, match=r"must be a networkx DiGraph \(nx.DiGraph\(name=...\)\)"):
         Chain.from_graph(graph)
+
+
+ALL_WRONG = """\
+name: many
+xdp_mode: turbo
+functions:
+  fw:
+    type: firewall
+    defualt: drop
+    rules:
+      - {action: alow, proto: tcp}
+      - {action: allow, proto: tcp, dport: 99999}
+    next: out
+  out: {type: forward, interfac: eth0}
+"""
+
+
+def test_every_mistake_is_reported_at_once_in_words(tmp_path):
+    """One run of validate names every mistake, in file order, each with its
+    line, the value written and what would be right."""
+    path = tmp_path / "chain.yaml"
+    path.write_text(ALL_WRONG)
+    with pytest.raises(SpecErrors) as info:
+        Chain.from_yaml(path)
+    lines = [(e.line, e.reason) for e in info.value.errors]
+    assert lines == [
+        (2, "xdp_mode: 'turbo' is not one of auto, native, generic"),
+        (6, "function 'fw' (firewall): unknown key 'defualt' (did you mean 'default'?)"),
+        (8, "function 'fw' (firewall): rules.0.action: 'alow' is not one of allow, drop, goto "
+            "(did you mean 'allow'?)"),
+        (9, "function 'fw' (firewall): rules.1.dport: port range 99999-99999 must lie within 0-65535, "
+            "low end first"),
+        (11, "function 'out' (forward): unknown key 'interfac' (did you mean 'interface'?)"),
+    ]
+    result = CliRunner().invoke(cli_main, ["validate", str(path)])
+    assert result.exit_code == 2
+    assert [line for line in result.output.splitlines() if line] == [
+        f"error: {path}:{line}: {reason}" for line, reason in lines]
+
+
+def test_a_misspelt_required_key_is_one_mistake_not_two(tmp_path):
+    path = tmp_path / "chain.yaml"
+    path.write_text("name: x\nfunctions:\n  s: {type: classify, rulez: []}\n")
+    with pytest.raises(SpecError) as info:
+        Chain.from_yaml(path)
+    assert not isinstance(info.value, SpecErrors)
+    assert info.value.reason == "function 's' (classify): unknown key 'rulez' (did you mean 'rules'?)"

@@ -74,7 +74,7 @@ def test_a_bad_interface_name_is_refused_by_validate_and_the_api(tmp_path, name,
         assert problem in info.value.message
     with pytest.raises(SpecError) as info:
         Chain.from_dict({"name": "names", "functions": {"out": {"type": "forward", "interface": name}}})
-    assert "functions.out.interface: interface name " in info.value.message and problem in info.value.message
+    assert "(forward): interface: interface name " in info.value.message and problem in info.value.message
 
 
 @pytest.mark.parametrize("name,problem", BAD_NETNS, ids=ids(BAD_NETNS))
@@ -110,7 +110,9 @@ def test_interface_parameters_of_functions_follow_the_same_rule(key, body):
     name = key.split(".")[1]
     with pytest.raises(SpecError) as info:
         Chain.from_dict({"name": "names", "functions": {name: body}})
-    assert f"{key}: interface name " in info.value.message and IFNAME_RULE in info.value.message
+    where = key.split(".", 2)[2]      # "functions.<name>." is said as "function '<name>' (<type>): "
+    assert f"function '{name}' (" in info.value.message and f"{where}: interface name " in info.value.message
+    assert IFNAME_RULE in info.value.message
 
 
 def test_names_the_kernel_and_iproute2_take_are_accepted(tmp_path):

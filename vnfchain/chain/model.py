@@ -13,9 +13,10 @@ import networkx as nx
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from .. import functions
-from ..errors import SpecError
+from ..errors import SpecError, SpecErrors
 from ..names import InterfaceName, NetnsName
-from ..yamlio import Locator, pydantic_to_spec_error
+from ..spec_errors import spec_errors
+from ..yamlio import Locator
 
 MAX_TAIL_CALLS = 33          # the kernel's MAX_TAIL_CALL_CNT
 DEFAULT = "default"          # the branch a plain `next: fn` names
@@ -105,14 +106,24 @@ class ChainSpec:
 
 
 def spec_from_dict(data: Any, locator: Locator | None = None) -> ChainSpec:
+    """Every mistake of the definition at once (SpecErrors), or the spec."""
     loc = locator or Locator(None, {})
     if not isinstance(data, dict):
         raise loc.error("a chain definition must be a mapping with name, functions, ...")
+    errors: list[SpecError] = []
     try:
         raw = _RawChain.model_validate(data)
     except ValidationError as exc:
-        raise _chain_error(exc, loc) from None
-    fns = {name: _function(name, body, loc) for name, body in raw.functions.items()}
+        raw = None
+        errors += _chain_errors(exc, loc)
+    bodies = raw.functions if raw else data.get("functions")
+    fns: dict[str, FunctionSpec] = {}
+    for name, body in (bodies.items() if isinstance(bodies, dict) else ()):
+        try:
+            fns[name] = _function(name, body, loc)
+        except SpecError as exc:
+            errors += getattr(exc, "errors", [exc])
+    SpecErrors.raise_if(errors)
     _check_next(fns, loc)
     graph = _graph(fns)
     entry = _entry(raw.entry, graph, loc)
@@ -139,16 +150,21 @@ def _warnings(fns: dict[str, FunctionSpec], loc: Locator) -> tuple[str, ...]:
     return tuple(out)
 
 
-def _chain_error(exc: ValidationError, loc: Locator) -> SpecError:
-    err = exc.errors()[0]
-    path = tuple(err["loc"])
-    if path[:1] == ("name",) and err["type"] == "string_pattern_mismatch":
-        return loc.error("chain name must match [a-z][a-z0-9-]{0,22} (it is used in pin paths "
-                         "and interface records); rename it", ("name",))
-    if path == ("functions",) and err["type"] in ("too_short", "dict_type"):
-        return loc.error("a chain needs at least one function under 'functions:', e.g. "
-                         "functions: {count: {type: counter}} (see `vnfchain functions`)", path)
-    return pydantic_to_spec_error(exc, loc)
+def _chain_errors(exc: ValidationError, loc: Locator) -> list[SpecError]:
+    out = []
+    for err in spec_errors(exc, loc, model=_RawChain):
+        if err.key == "name" and not err.reason.startswith("missing"):
+            err = loc.error(f"chain name {_value(exc, 'name')!r} must match [a-z][a-z0-9-]{{0,22}} (it is "
+                            f"used in pin paths and interface records); rename it", ("name",))
+        elif err.key == "functions" and not err.reason.startswith("unknown"):
+            err = loc.error("a chain needs at least one function under 'functions:', e.g. "
+                            "functions: {count: {type: counter}} (see `vnfchain functions`)", ("functions",))
+        out.append(err)
+    return out
+
+
+def _value(exc: ValidationError, key: str):
+    return next((e.get("input") for e in exc.errors() if e["loc"][:1] == (key,)), None)
 
 
 def _function(name: str, body: dict[str, Any], loc: Locator) -> FunctionSpec:
@@ -173,9 +189,10 @@ def _function(name: str, body: dict[str, Any], loc: Locator) -> FunctionSpec:
         # the context lets a parameter name a file relative to the chain file
         params = ftype.Params.model_validate(body, context={"chain_file": loc.file})
     except ValidationError as exc:
-        err = pydantic_to_spec_error(exc, loc, prefix=path)
-        raise SpecError(f"function '{name}' ({type_name}): {err.reason}", file=err.file,
-                        line=err.line, key=err.key) from None
+        errors = [SpecError(f"function '{name}' ({type_name}): {err.reason}", file=err.file,
+                            line=err.line, key=err.key)
+                  for err in spec_errors(exc, loc, model=ftype.Params, prefix=path)]
+        SpecErrors.raise_if(errors)
     return FunctionSpec(name=name, type=type_name, params=params, next=nxt)
 
 

@@ -20,7 +20,8 @@ class _Group(click.Group):
             return super().invoke(ctx)
         except VnfchainError as exc:
             verbose = (ctx.obj or {}).get("verbose", False)
-            click.secho(f"error: {exc.message}", fg="red", err=True)
+            for line in exc.message.splitlines():    # SpecErrors: every mistake, one a line
+                click.secho(f"error: {line}", fg="red", err=True)
             if exc.detail:
                 detail = exc.detail if verbose else _tail(exc.detail)
                 click.echo(detail, err=True)

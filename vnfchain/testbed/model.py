@@ -240,7 +240,7 @@ def load_topology(source: str | Path | dict, *, name: str | None = None) -> Topo
     try:
         topo = Topology.model_validate(data)
     except ValidationError as exc:
-        err = pydantic_to_spec_error(exc, locator)
+        err = pydantic_to_spec_error(exc, locator, model=Topology)
         raise TestbedSpecError(err.reason, file=err.file, line=err.line, key=err.key) from None
     _check(topo, locator)
     if name is not None:
