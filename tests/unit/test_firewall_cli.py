@@ -77,3 +77,22 @@ def test_conntrack_table_sizes_are_bounded(tmp_path):
         assert result.exit_code == 2, result.output
         assert f"{path}:6:" in result.output and size.split(":")[0] in result.output and bound in result.output
         assert "Traceback" not in result.output
+
+
+def test_a_goto_behind_an_established_allow_is_a_warning(tmp_path):
+    """The classic mistake: `allow ct: established` first, then `goto` a DPI,
+    which then sees only each flow's first packets."""
+    path = tmp_path / "chain.yaml"
+    head = "name: edge\nfunctions:\n  fw:\n    type: firewall\n    conntrack: true\n    rules:\n"
+    tail = "    next: {inspect: dpi}\n  dpi: {type: counter}\n"
+    wrong = ("      - {action: allow, ct: [established, related]}\n"
+             "      - {action: goto, label: inspect, proto: tcp, dport: 443}\n")
+    path.write_text(head + wrong + tail)
+    result = run("validate", path)
+    assert result.exit_code == 0, result.output
+    assert (f"warning: {path}:8: function 'fw': rule 1 (goto inspect) sees only the first packets of a flow: "
+            f"rule 0 before it allows the established ones") in result.output
+    assert "(line 7)" in result.output
+    right = "".join(reversed(wrong.splitlines(keepends=True)))
+    path.write_text(head + right + tail)
+    assert "warning" not in run("validate", path).output

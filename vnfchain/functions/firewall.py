@@ -218,9 +218,10 @@ class Firewall(FunctionType):
         if len(params.rules) > SHADOW_CHECK_LIMIT:
             return out + [(("rules",), f"{len(params.rules)} rules: the shadowed-rule check (quadratic) "
                                        f"runs up to {SHADOW_CHECK_LIMIT} rules only", None)]
-        return out + [(("rules", later), f"rule {later} can never match: rule {earlier} before it "
-                                         f"matches everything it does", ("rules", earlier))
-                      for earlier, later in shadowed(params.rules)]
+        out += [(("rules", later), f"rule {later} can never match: rule {earlier} before it "
+                                   f"matches everything it does", ("rules", earlier))
+                for earlier, later in shadowed(params.rules)]
+        return out + _first_packets_only(params)
 
     def populate(self, tables, params, ctx):
         RulesetWriter(tables, params, ctx).write()
@@ -274,6 +275,28 @@ def _adopt_flows(maps, events, table: str) -> None:
     first = int.from_bytes(per_cpu[0], "little") + unseen
     stride = (events.value_size + 7) // 8 * 8
     events.update(key, b"".join(v.ljust(stride, b"\0") for v in [first.to_bytes(8, "little")] + per_cpu[1:]))
+
+
+def _first_packets_only(params) -> list:
+    """A goto (to a DPI, say) after a rule that allows established flows sees only
+    the packets that open a flow: the rest are allowed before they reach it."""
+    from ..firewall.rules import covers
+    if not params.conntrack:
+        return []
+    out = []
+    for j, rule in enumerate(params.rules):
+        if rule.action != "goto" or (rule.ct and "established" not in rule.ct):
+            continue
+        established = rule.model_copy(update={"ct": ["established"]})
+        for i in range(j):
+            earlier = params.rules[i]
+            if earlier.action != "goto" and covers(earlier, established):
+                out.append((("rules", j), f"rule {j} (goto {rule.label}) sees only the first packets of a "
+                            f"flow: rule {i} before it {earlier.action}s the established ones, so they "
+                            f"never reach '{rule.label}'; put rule {j} first if every packet should",
+                            ("rules", i)))
+                break
+    return out
 
 
 def fw_defines() -> list[tuple[str, int | str]]:
