@@ -86,6 +86,34 @@ def run_checks(checks: tuple[Callable[[_Probe], Check], ...] | None = None) -> l
         probe.close()
 
 
+def chain_checks(chain_file: str) -> list[Check]:
+    """A chain against this machine: every attach point exists, and no pitfall of
+    vnfchain.pitfalls (veth peers without NAPI, checksum offload, martians) waits."""
+    from . import pitfalls
+    from .chain import Chain
+    from .errors import VnfchainError
+    from . import netlink
+    try:
+        spec = Chain.from_yaml(chain_file).spec
+    except VnfchainError as exc:
+        return [Check(f"chain {chain_file}", False, exc.message, "fix the chain file (`vnfchain validate`)")]
+    out = []
+    for point in spec.attach:
+        try:
+            found = netlink.ifindex(point.interface, point.netns)
+        except OSError as exc:     # no such namespace
+            found, why = None, f"its namespace cannot be entered ({exc.strerror or exc})"
+        else:
+            why = "no such interface"
+        out.append(Check(f"interface {point}", True, f"ifindex {found}") if found else
+                   Check(f"interface {point}", False, why, "create it, or fix attach: in the chain"))
+    found = pitfalls.chain_pitfalls(spec) + pitfalls.machine_pitfalls(spec)
+    out += [Check(f"pitfall at {p.where}", False, p.problem, p.fix) for p in found]
+    if not found:
+        out.append(Check(f"chain {spec.name}", True, "no veth, checksum-offload or NAT pitfall found"))
+    return out
+
+
 def _run_one(check: Callable[[_Probe], Check], probe: _Probe) -> Check:
     try:
         return check(probe)

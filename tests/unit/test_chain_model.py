@@ -535,3 +535,15 @@ def test_a_misspelt_required_key_is_one_mistake_not_two(tmp_path):
         Chain.from_yaml(path)
     assert not isinstance(info.value, SpecErrors)
     assert info.value.reason == "function 's' (classify): unknown key 'rulez' (did you mean 'rules'?)"
+
+
+def test_source_nat_that_the_kernel_would_take_for_a_martian_is_a_warning(tmp_path):
+    head = "name: x\nexit: pass\nfunctions:\n  nat:\n    type: nat\n    outside: wan0\n" \
+           "    snat: [{src: 198.18.1.0/24, to: masquerade}]\n"
+    path = tmp_path / "chain.yaml"
+    path.write_text(head)
+    (warning,) = Chain.from_yaml(path).spec.warnings
+    assert warning.startswith(f"{path}:4: function 'nat': source-NATed packets reach the chain's end")
+    assert "fix: send what 'nat' rewrites to a forward function" in warning
+    path.write_text(head + "    next: out\n  out: {type: forward}\n")
+    assert Chain.from_yaml(path).spec.warnings == ()

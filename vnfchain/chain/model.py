@@ -12,7 +12,7 @@ from typing import Any, Literal
 import networkx as nx
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from .. import functions
+from .. import functions, pitfalls
 from ..errors import SpecError, SpecErrors
 from ..names import InterfaceName, NetnsName
 from ..spec_errors import spec_errors
@@ -130,10 +130,20 @@ def spec_from_dict(data: Any, locator: Locator | None = None) -> ChainSpec:
     _check_graph(graph, entry, raw.mode, loc)
     _check_attach(raw.attach, loc)
     order = list(nx.lexicographical_topological_sort(graph, key=list(fns).index))
-    return ChainSpec(
+    spec = ChainSpec(
         name=raw.name, description=raw.description, attach=tuple(raw.attach),
         xdp_mode=raw.xdp_mode, mode=raw.mode, on_miss=raw.on_miss, exit=raw.exit,
         entry=entry, functions=tuple(fns[n] for n in order), warnings=_warnings(fns, loc))
+    return replace(spec, warnings=spec.warnings + _pitfalls(spec, loc))
+
+
+def _pitfalls(spec: ChainSpec, loc: Locator) -> tuple[str, ...]:
+    """What the kernel would do to the chain's packets (see vnfchain.pitfalls)."""
+    out = []
+    for p in pitfalls.chain_pitfalls(spec):
+        line = loc.line(("functions", p.where.split("'")[1])) if "'" in p.where else None
+        out.append((f"{loc.file}:{line}: " if loc.file and line else "") + str(p))
+    return tuple(out)
 
 
 def _warnings(fns: dict[str, FunctionSpec], loc: Locator) -> tuple[str, ...]:

@@ -215,6 +215,9 @@ def deploy(chain_file, attach, mode):
     else:
         out.print(f"changed chain [bold]{dep.name}[/bold] live in {took}: {_CHANGES[dep.last_change]}; "
                   f"running on {where}")
+    from ..pitfalls import machine_pitfalls
+    for pitfall in machine_pitfalls(dep.spec):
+        err.print(f"warning: {pitfall}")
 
 
 _CHANGES = {

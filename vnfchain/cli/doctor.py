@@ -15,17 +15,22 @@ from .. import doctor as doctor_lib
 Examples:
   vnfchain doctor            # table of checks; exit 1 if any failed
   vnfchain doctor --json     # the same, for scripts
+  vnfchain doctor --chain examples/pvp-forward.yaml   # and this chain's interfaces
 
 \b
 Caveats: needs root for most checks. The XDP attach check briefly creates
 network namespace vcdoc-<pid> with a veth pair, and always removes it.""")
 @click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
+@click.option("--chain", "chain_file", type=click.Path(dir_okay=False),
+              help="Also check this chain against the interfaces it would run on.")
 @click.pass_context
-def doctor(ctx, as_json):
+def doctor(ctx, as_json, chain_file):
     """Check kernel, BPF, JIT, bpffs, BCC, headers, privileges and XDP."""
     err = Console(stderr=True)
     with err.status("running checks (compiles and attaches a tiny XDP program)…"):
         checks = doctor_lib.run_checks()
+        if chain_file:
+            checks += doctor_lib.chain_checks(chain_file)
     all_ok = all(check.ok for check in checks)
     if as_json:
         click.echo(json.dumps({"ok": all_ok, "checks": [c.to_dict() for c in checks]}, indent=2))
