@@ -139,10 +139,12 @@ Chain.from_yaml_text(sys.argv[1]).deploy()
 """
 
 
-def test_undeploy_after_a_crash_while_a_live_change_attached_an_interface(bpf):
+@pytest.mark.parametrize("xdp_mode", ["auto", "generic"])
+def test_undeploy_after_a_crash_while_a_live_change_attached_an_interface(bpf, xdp_mode):
+    """The interface is found by its program, its mode read from the kernel."""
     ns = f"vctd{os.getpid()}"
     name = chain_name("crashatt")
-    text = "name: {name}\nattach: [{points}]\nfunctions:\n  c: {{type: counter}}\n"
+    text = f"name: {{name}}\nxdp_mode: {xdp_mode}\nattach: [{{points}}]\nfunctions:\n  c: {{{{type: counter}}}}\n"
     with scratch_netns(ns, {"a0": [], "b0": []}) as (_, index, _ip):
         Chain.from_yaml_text(text.format(name=name, points=f"{{interface: a0, netns: {ns}}}")).deploy()
         try:

@@ -12,8 +12,6 @@ import contextlib
 import errno
 import os
 
-from pyroute2.netlink.exceptions import NetlinkError
-
 from .. import bpfsys, netlink
 from ..errors import AttachError
 from .build import Progress
@@ -45,7 +43,7 @@ def attach(fd: int, point: AttachPoint, index: int, xdp_mode: str) -> str:
         try:
             netlink.xdp_attach(index, fd, mode, point.netns)
             return mode
-        except NetlinkError as exc:
+        except netlink.NetlinkError as exc:
             if exc.code == errno.EBUSY or exc.code == errno.EEXIST:
                 raise AttachError(busy_message(point, index)) from None
             if mode == modes[-1] or exc.code not in (errno.EOPNOTSUPP, errno.EINVAL, errno.ERANGE):
