@@ -31,7 +31,7 @@ from .record import Record, locked, own_pin_root, pin_root
 from .render import counter_layout
 from .teardown import teardown, undeploy
 
-__all__ = ["deploy", "undeploy", "listing", "Deployment", "pin_root", "check_environment"]
+__all__ = ["deploy", "undeploy", "listing", "Deployment", "pin_root"]
 
 
 def check_environment() -> None:

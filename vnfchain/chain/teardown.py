@@ -13,7 +13,7 @@ import os
 import shutil
 from pathlib import Path
 
-from .. import bpfsys, netlink, statedir
+from .. import bpfsys, netlink
 from ..errors import DeployError, NotDeployedError, RecordError
 from .record import Attachment, Record, locked, own_pin_root, pin_root, record_path
 
