@@ -68,7 +68,7 @@ def delta(before: dict, after: dict) -> dict:
 def not_compiling():
     """Fails the test if a deploy inside compiles anything (a config change must
     be map updates only)."""
-    from vnfchain.chain import deploy as deploy_mod
+    from vnfchain.chain import build
     with pytest.MonkeyPatch.context() as m:
-        m.setattr(deploy_mod, "compile_unit", lambda *a, **k: pytest.fail("a config change compiled"))
+        m.setattr(build, "compile_unit", lambda *a, **k: pytest.fail("a config change compiled"))
         yield

@@ -29,7 +29,6 @@ MOUNTS_PATH = "/proc/self/mounts"
 KHEADERS_PATH = "/sys/kernel/kheaders.tar.xz"
 
 CAP_NET_ADMIN, CAP_SYS_ADMIN, CAP_BPF = 12, 21, 39
-XDP_FLAGS_SKB_MODE, XDP_FLAGS_DRV_MODE = 1 << 1, 1 << 2
 _SYS_BPF = {"x86_64": 321, "aarch64": 280}
 BPF_MAP_CREATE, BPF_MAP_TYPE_ARRAY = 0, 2
 
@@ -235,9 +234,9 @@ def check_xdp_attach(probe: _Probe) -> Check:
     if prog_fd is None:
         return _needs_program(name)
     netns = f"vcdoc-{os.getpid()}"
-    with _veth_netns(netns) as (ipr, index):
-        modes = [_attach_and_detach(ipr, index, prog_fd, flags, expected)
-                 for flags, expected in ((XDP_FLAGS_DRV_MODE, "xdp"), (XDP_FLAGS_SKB_MODE, "xdpgeneric"))]
+    with _veth_netns(netns) as index:
+        modes = [_attach_and_detach(netns, index, prog_fd, mode, label)
+                 for mode, label in (("native", "xdp"), ("generic", "xdpgeneric"))]
     failed = [mode for mode in modes if mode]
     if failed:
         return Check(name, False, "; ".join(failed),
@@ -294,36 +293,33 @@ def _mounted_fstype(mountpoint: str) -> str | None:
 
 
 @contextlib.contextmanager
-def _veth_netns(netns: str) -> Iterator[tuple[object, int]]:
-    """A throwaway netns with veth vcdoc-a <-> vcdoc-b; yields (IPRoute in it, vcdoc-a's index)."""
-    from pyroute2 import IPRoute
-    from pyroute2 import netns as netns_api
+def _veth_netns(netns: str) -> Iterator[int]:
+    """A throwaway netns with veth vcdoc-a <-> vcdoc-b; yields vcdoc-a's index."""
+    from . import netlink
 
-    netns_api.create(netns)
+    netlink.create_netns(netns)
     try:
-        with IPRoute(netns=netns) as ipr:
-            ipr.link("add", ifname="vcdoc-a", kind="veth", peer="vcdoc-b")
-            yield ipr, ipr.link_lookup(ifname="vcdoc-a")[0]
+        with netlink.Links(netns) as links:
+            links.add_veth("vcdoc-a", "vcdoc-b")
+            index = links.index("vcdoc-a")
+        yield index
     finally:
-        netns_api.remove(netns)  # takes the veth pair and any attachment with it
+        netlink.remove_netns(netns)  # takes the veth pair and any attachment with it
 
 
-def _attach_and_detach(ipr, index: int, prog_fd: int, flags: int, expected: str) -> str:
+def _attach_and_detach(netns: str, index: int, prog_fd: int, mode: str, label: str) -> str:
     """Attach in one mode, confirm, detach; return "" or what went wrong."""
+    from . import netlink
+
     try:
-        ipr.link("set", index=index, xdp={"attrs": [("IFLA_XDP_FD", prog_fd), ("IFLA_XDP_FLAGS", flags)]})
-        attached = _xdp_mode(ipr, index)
-        ipr.link("set", index=index, xdp={"attrs": [("IFLA_XDP_FD", -1), ("IFLA_XDP_FLAGS", flags)]})
+        netlink.xdp_attach(index, prog_fd, mode, netns)
+        attached = netlink.xdp_state(index, netns)
+        netlink.xdp_detach(index, mode, netns)
     except Exception as exc:  # pyroute2's NetlinkError keeps the kernel's errno and text
-        return f"{expected} attach failed: {exc}"
-    if attached != expected:
-        return f"{expected} attach reported mode {attached!r}"
+        return f"{label} attach failed: {exc}"
+    if not attached or attached[1] != mode:
+        return f"{label} attach reported mode {attached[1] if attached else None!r}"
     return ""
-
-
-def _xdp_mode(ipr, index: int) -> str | None:
-    xdp = ipr.link("get", index=index)[0].get("xdp") or {}
-    return dict(xdp.get("attrs", [])).get("IFLA_XDP_ATTACHED")
 
 
 def _compiler_errors(text: str, count: int = 3) -> str:

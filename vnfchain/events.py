@@ -23,7 +23,7 @@ from . import bpfsys
 from .errors import VnfchainError
 
 if TYPE_CHECKING:
-    from .chain.deploy import Deployment
+    from .chain.deployment import Deployment
 
 EVENTS_MAP = "events"   # a function's ring buffer, declared with VC_RINGBUF(<fn>_events, size)
 
@@ -57,7 +57,7 @@ class EventReader:
         self._pending: list[dict] = []
         self._limit: int | None = None
         self._error: BaseException | None = None
-        pins = dep.record.get("maps", {})
+        pins = dep.record.maps
         try:
             for f in dep.spec.functions:
                 pin = pins.get(f"{f.name}_{EVENTS_MAP}")

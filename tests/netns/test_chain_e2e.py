@@ -10,9 +10,10 @@ import textwrap
 
 import pytest
 
-from vnfchain import Chain, Deployment
+from vnfchain import AttachError, Chain, Deployment
 from vnfchain import netlink
 from vnfchain.chain import deploy as deploy_mod
+from vnfchain.chain.record import record_path
 from tests.chain_fixtures import MODES, chain_name
 
 pytestmark = pytest.mark.root
@@ -63,7 +64,7 @@ def test_ping_crosses_the_chain_and_every_packet_is_counted(pvp_bed, running):
     icmp = after["ingress"].get("icmp_packets", 0) - before["ingress"].get("icmp_packets", 0)
     assert icmp == 10  # 5 requests in on dut-lan, 5 replies in on dut-wan
     assert after["out"]["redirect"] - before["out"]["redirect"] >= 10  # forwarded in XDP
-    assert all(a["mode"] == "native" for a in running.record["attachments"])
+    assert all(a.mode == "native" for a in running.record.attachments)
 
 
 def test_tcp_transfer_takes_the_web_branch(pvp_bed, running):
@@ -97,13 +98,13 @@ def test_chain_outlives_the_cli_and_undeploy_leaves_nothing(pvp_bed, tmp_path):
         stats = json.loads(subprocess.run(cli + ["stats", name, "--json"], capture_output=True,
                                           text=True, check=True).stdout)
         assert stats["ingress"]["icmp_packets"] >= 6
-        assert xdp_on(pvp_bed, "dut-lan")[0] == Deployment.get(name).record["entry_prog_id"]
+        assert xdp_on(pvp_bed, "dut-lan")[0] == Deployment.get(name).record.entry_prog_id
     finally:
         undeployed = subprocess.run(cli + ["undeploy", name], capture_output=True, text=True)
     assert undeployed.returncode == 0, undeployed.stderr
     assert xdp_on(pvp_bed, "dut-lan") is None and xdp_on(pvp_bed, "dut-wan") is None
     assert not (deploy_mod.pin_root() / name).exists()
-    assert not deploy_mod.record_path(name).exists()
+    assert not record_path(name).exists()
     # the bed still forwards through the kernel stack
     assert pvp_bed.ping("client", pvp_bed.addr("server"), count=1).ok
     again = subprocess.run(cli + ["undeploy", name], capture_output=True, text=True)
@@ -112,7 +113,7 @@ def test_chain_outlives_the_cli_and_undeploy_leaves_nothing(pvp_bed, tmp_path):
 
 def test_an_interface_already_taken_is_refused_and_the_owner_named(pvp_bed, running):
     other = Chain.from_yaml_text(chain_yaml(pvp_bed, "tailcall", "busy"))
-    with pytest.raises(deploy_mod.AttachError) as info:
+    with pytest.raises(AttachError) as info:
         other.deploy()
     assert f"chain '{running.name}'" in info.value.message
     assert not (deploy_mod.pin_root() / other.name).exists()

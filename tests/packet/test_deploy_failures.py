@@ -13,10 +13,10 @@ import pytest
 from click.testing import CliRunner
 
 import vnfchain.cli.commands  # noqa: F401  (registers the commands)
-from vnfchain import Chain, CompileError, DeployError, VerifierError, netlink, statedir
-from vnfchain.chain import deploy as deploy_mod
+from vnfchain import Chain, CompileError, DeployError, NotDeployedError, VerifierError, netlink, statedir
+from vnfchain.chain import build, deploy as deploy_mod
 from vnfchain.chain.compile import compile_unit
-from vnfchain.chain.record import record_path, write_record
+from vnfchain.chain.record import Record, record_path
 from vnfchain.chain.render import Unit
 from vnfchain.cli import cli
 from tests.chain_fixtures import chain_name
@@ -26,7 +26,7 @@ pytestmark = pytest.mark.root
 
 
 def leftovers(name):
-    return [p for p in (deploy_mod.pin_root() / name, deploy_mod.record_path(name)) if p.exists()]
+    return [p for p in (deploy_mod.pin_root() / name, record_path(name)) if p.exists()]
 
 
 @pytest.fixture
@@ -74,7 +74,7 @@ def test_compile_failure_rolls_back_and_leaves_running_chain_alone(bpf, monkeypa
     assert running.run(b"\x00" * 14).action == "XDP_PASS"
 
     name = chain_name("cerr")
-    monkeypatch.setattr(deploy_mod, "render", lambda spec, pin_dir, **kw: [
+    monkeypatch.setattr(build, "render", lambda spec, pin_dir, **kw: [
         Unit("chain.bpf.c", "int vc_entry(struct xdp_md *ctx) { return oops; }", (("vc_entry", ""),))])
     with pytest.raises(CompileError):
         Chain.from_yaml_text(f"name: {name}\nfunctions:\n  c: {{type: counter}}\n").deploy(attach=[])
@@ -89,12 +89,12 @@ def test_undeploy_after_a_crash_half_way(bpf):
     chain = Chain.from_yaml_text(f"name: {name}\nfunctions:\n  c: {{type: counter}}\n")
     dep = chain.deploy(attach=[])
     try:
-        write_record(dict(dep.record, state="deploying"))
+        dep.record.replace(state="deploying").save()
         assert "deploy stopped after loading its programs" in " ".join(deploy_mod.Deployment.get(name).health())
     finally:
         deploy_mod.undeploy(name)
     assert leftovers(name) == []
-    with pytest.raises(deploy_mod.NotDeployedError):
+    with pytest.raises(NotDeployedError):
         deploy_mod.undeploy(name)
 
 
@@ -129,20 +129,22 @@ def test_errors_name_the_function_at_fault(bpf, mode, tmp_path):
 DIE_AFTER_ATTACH = """
 import os, sys
 from vnfchain import Chain
-from vnfchain.chain import deploy
-attach = deploy._attach
+from vnfchain.chain import attach
+real_attach = attach.attach
 def attach_then_die(*args, **kwargs):
-    attach(*args, **kwargs)
+    real_attach(*args, **kwargs)
     os._exit(3)          # killed between attaching and recording the change
-deploy._attach = attach_then_die
+attach.attach = attach_then_die
 Chain.from_yaml_text(sys.argv[1]).deploy()
 """
 
 
-def test_undeploy_after_a_crash_while_a_live_change_attached_an_interface(bpf):
+@pytest.mark.parametrize("xdp_mode", ["auto", "generic"])
+def test_undeploy_after_a_crash_while_a_live_change_attached_an_interface(bpf, xdp_mode):
+    """The interface is found by its program, its mode read from the kernel."""
     ns = f"vctd{os.getpid()}"
     name = chain_name("crashatt")
-    text = "name: {name}\nattach: [{points}]\nfunctions:\n  c: {{type: counter}}\n"
+    text = f"name: {{name}}\nxdp_mode: {xdp_mode}\nattach: [{{points}}]\nfunctions:\n  c: {{{{type: counter}}}}\n"
     with scratch_netns(ns, {"a0": [], "b0": []}) as (_, index, _ip):
         Chain.from_yaml_text(text.format(name=name, points=f"{{interface: a0, netns: {ns}}}")).deploy()
         try:
@@ -162,26 +164,27 @@ def test_undeploy_after_a_crash_while_a_live_change_attached_an_interface(bpf):
 KILL_AT = """
 import os, sys
 from vnfchain import Chain, bpfsys, netlink
-from vnfchain.chain import deploy
+from vnfchain.chain import build
+from vnfchain.chain.record import Record
 
-def die_after(module, name, nth):
-    real, calls = getattr(module, name), []
+def die_after(owner, name, nth):
+    real, calls = getattr(owner, name), []
     def wrapper(*args, **kwargs):
         result = real(*args, **kwargs)
         calls.append(1)
         if len(calls) == nth:
             os._exit(3)
         return result
-    setattr(module, name, wrapper)
+    setattr(owner, name, wrapper)
 
-module, name, nth = {
-    "record": (deploy, "write_record", 1),     # the record and nothing else
-    "compiled": (deploy, "compile_unit", 1),   # loaded (maps pinned by BCC), no program pinned
+owner, name, nth = {
+    "record": (Record, "save", 1),             # the record and nothing else
+    "compiled": (build, "compile_unit", 1),    # loaded (maps pinned by BCC), no program pinned
     "pinned": (bpfsys, "obj_pin", 1),          # one program pinned of three
-    "built": (deploy, "write_record", 2),      # all pinned and recorded, nothing attached
+    "built": (Record, "save", 2),              # all pinned and recorded, nothing attached
     "attached": (netlink, "xdp_attach", 1),    # a0 attached, not yet recorded as such
 }[sys.argv[2]]
-die_after(module, name, nth)
+die_after(owner, name, nth)
 Chain.from_yaml_text(sys.argv[1]).deploy()
 """
 
@@ -333,8 +336,7 @@ def test_a_deploy_at_work_is_deploying_not_broken(own_state):
     import threading
     from vnfchain.chain.record import locked
     name = chain_name("busy")
-    write_record({"name": name, "state": "deploying", "pid": os.getpid(), "attachments": [],
-                  "pin_dir": str(deploy_mod.pin_root() / name)})
+    Record(name=name, state="deploying", pin_dir=deploy_mod.pin_root() / name, pid=os.getpid()).save()
     holding, release = threading.Event(), threading.Event()
 
     def deploying():

@@ -297,12 +297,12 @@ def test_new_contents_are_a_map_update_not_a_new_program():
               {"id": 3, "content": "|de ad be ef|", "action": "pass"}]
     try:
         dep = Chain.from_yaml_text(LIVE.format(name=name, sigs=first)).deploy(attach=[])
-        progs = [f["prog_id"] for f in dep.record["functions"]]
+        progs = [f.prog_id for f in dep.record.functions]
         assert dep.run(pkt(TCP(dport=80), b"GET /etc/passwd")).action == "XDP_DROP"
         with not_compiling():
             dep = Chain.from_yaml_text(LIVE.format(name=name, sigs=second)).deploy(attach=[])
         assert dep.last_change == "config"
-        assert [f["prog_id"] for f in dep.record["functions"]] == progs
+        assert [f.prog_id for f in dep.record.functions] == progs
         assert dep.run(pkt(TCP(dport=80), b"GET /etc/passwd")).action == "XDP_TX"
         assert dep.run(pkt(TCP(dport=80), b"GET /Cmd.exe")).action == "XDP_DROP"
         assert dep.run(pkt(UDP(dport=9), b"\xde\xad\xbe\xef")).action == "XDP_PASS"

@@ -369,7 +369,7 @@ def test_a_flow_stamped_by_another_cpu_after_this_one_read_the_clock_is_live(fw)
     import time
     conn = open_flow(fw)
     future = (time.clock_gettime_ns(time.CLOCK_MONOTONIC) + 10**9).to_bytes(8, "little")
-    flows = next(path for name, path in fw.record["maps"].items() if name.endswith("_flows"))
+    flows = next(path for name, path in fw.record.maps.items() if name.endswith("_flows"))
     with bpfsys.PinnedMap(flows) as table:
         for key in table.keys():
             value = table.lookup(key)[0]

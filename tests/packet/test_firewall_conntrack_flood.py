@@ -181,7 +181,7 @@ def upgraded(request, deployed):   # deployed: skips without root/BCC
     try:
         dep = Chain.from_yaml_text(text).deploy(attach=[])
         conns = [open_flow(dep) for _ in range(24)]
-        events = next(path for key, path in dep.record["maps"].items() if key.endswith("_ct_events"))
+        events = next(path for key, path in dep.record.maps.items() if key.endswith("_ct_events"))
         with bpfsys.PinnedMap(events) as m:
             for i in range(conntrack.COUNTERS):
                 m.update(i.to_bytes(4, "little"), bytes(8 * bpfsys.possible_cpus()))

@@ -13,7 +13,7 @@ from scapy.layers.inet import ICMP, IP, TCP, UDP
 from scapy.layers.inet6 import IPv6, ICMPv6Unknown, IPv6ExtHdrFragment
 from scapy.layers.l2 import Ether
 
-from vnfchain import Chain
+from vnfchain import Chain, NotDeployedError
 from vnfchain.chain import deploy as deploy_mod
 from vnfchain.firewall.rules import first_match
 from tests.chain_fixtures import chain_name
@@ -83,7 +83,7 @@ def ports():
 def firewall(deployed, ports):   # deployed: skips without root/BCC
     name = chain_name("diff")
     yield lambda rules, default: Chain.from_yaml_text(chain_yaml(name, rules, default)).deploy()
-    with contextlib.suppress(deploy_mod.NotDeployedError):
+    with contextlib.suppress(NotDeployedError):
         deploy_mod.undeploy(name)
 
 

@@ -179,11 +179,11 @@ def test_live_rule_change_takes_effect_on_the_next_packet(deployed):
     dep = Chain.from_yaml_text(base + "      - {action: allow, proto: tcp, dport: 80}\n").deploy(attach=[])
     try:
         assert dep.run(packet).action == "XDP_PASS"
-        ids = dep.record["entry_prog_id"], [f["prog_id"] for f in dep.record["functions"]]
+        ids = dep.record.entry_prog_id, [f.prog_id for f in dep.record.functions]
         dep = Chain.from_yaml_text(base + "      - {action: drop, proto: tcp, dport: 80}\n"
                                           "      - {action: allow, proto: tcp}\n").deploy(attach=[])
         assert dep.last_change == "config"
-        assert (dep.record["entry_prog_id"], [f["prog_id"] for f in dep.record["functions"]]) == ids
+        assert (dep.record.entry_prog_id, [f.prog_id for f in dep.record.functions]) == ids
         assert dep.run(packet).action == "XDP_DROP"
         assert dep.run(tcp(C, S, 1234, 81, "S")).action == "XDP_PASS"
         assert dep.stats()["fw"]["rule0_hits"] == 1   # hits count the running ruleset

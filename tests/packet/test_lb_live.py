@@ -95,11 +95,11 @@ def test_a_new_set_of_config_maps_keeps_every_flow_on_its_backend(lb):
     dep = lb(eight)
     flows = range(22000, 22400)
     first = send(dep, flows)
-    old_pins = dict(dep.record["maps"])
+    old_pins = dict(dep.record.maps)
     # a ninth backend outgrows the backend maps and a new table size remakes the
     # ring: the new program gets a new set of config maps, with new backend ids
     dep = lb(eight + [{"ip": "198.18.2.19"}], table_size=4099)
-    assert dep.record["maps"] != old_pins
+    assert dep.record.maps != old_pins
     before = dep.stats()
     assert send(dep, flows, flags="A") == first
     assert delta(before, dep.stats())["lb"]["table_hits"] == len(flows)

@@ -37,7 +37,7 @@ def tcp(port):
 
 
 def prog_ids(dep):
-    return dep.record["entry_prog_id"], {f["name"]: f["prog_id"] for f in dep.record["functions"]}
+    return dep.record.entry_prog_id, {f.name: f.prog_id for f in dep.record.functions}
 
 
 @pytest.fixture
@@ -79,7 +79,7 @@ def test_code_change_swaps_only_that_functions_slot(chain):
     dep = chain()
     dep.run(tcp(22))
     (entry, fns), tail_seen = prog_ids(dep), dep.stats()["tail"]
-    maps = dict(dep.record["maps"])
+    maps = dict(dep.record.maps)
 
     dep = chain(verdict="drop")
     assert dep.last_change == "code"
@@ -90,20 +90,20 @@ def test_code_change_swaps_only_that_functions_slot(chain):
     stats = dep.stats()["tail"]
     assert stats["rx_packets"] == tail_seen["rx_packets"] + 1    # same counters
     assert stats["tcp_packets"] == tail_seen["tcp_packets"] + 1  # same state map
-    assert dep.record["maps"] == maps
+    assert dep.record.maps == maps
 
 
 def test_topology_change_builds_a_new_generation_and_carries_counters(chain):
     dep = chain()
     for _ in range(3):
         dep.run(tcp(80))
-    old_gen, entry = dep.gen_dir, dep.record["entry_prog_id"]
-    web_map = dep.record["maps"]["web_by_proto"]
+    old_gen, entry = dep.gen_dir, dep.record.entry_prog_id
+    web_map = dep.record.maps["web_by_proto"]
 
     dep = chain(EXTRA)
     assert dep.last_change == "topology"
-    assert dep.record["entry_prog_id"] != entry and not old_gen.exists()
-    assert dep.record["maps"]["web_by_proto"] == web_map        # state map reused
+    assert dep.record.entry_prog_id != entry and not old_gen.exists()
+    assert dep.record.maps["web_by_proto"] == web_map        # state map reused
     assert dep.stats()["web"]["rx_packets"] == 3                # counters carried over
     assert dep.stats()["web"]["tcp_packets"] == 3
     assert visits(dep, tcp(80)) == ("XDP_PASS", ["steer", "web", "tail", "extra"])
@@ -112,14 +112,14 @@ def test_topology_change_builds_a_new_generation_and_carries_counters(chain):
 def test_mode_change_is_a_topology_change(chain):
     chain()
     dep = chain(mode="fused")
-    assert dep.last_change == "topology" and dep.record["mode"] == "fused"
+    assert dep.last_change == "topology" and dep.record.mode == "fused"
     assert visits(dep, tcp(80))[0] == "XDP_PASS"
     assert chain(mode="fused", port=8080).last_change == "config"
 
 
 def test_failed_change_leaves_the_running_chain_exactly_as_it_was(chain):
     dep = chain()
-    before = dict(dep.record)
+    before = dep.record
     pins = sorted(p.name for p in (dep.pin_dir / "maps").iterdir())
     with pytest.raises(DeployError) as info:
         chain(BROKEN)

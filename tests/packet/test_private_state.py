@@ -17,10 +17,10 @@ from click.testing import CliRunner
 
 import vnfchain.cli.commands  # noqa: F401  (registers the commands)
 from vnfchain import RecordError, statedir
-from vnfchain.chain.record import locked, read_record, record_path, write_record
+from vnfchain.chain.record import Record, locked, record_path
 from vnfchain.cli import cli
 from vnfchain.errors import EnvironmentError_
-from vnfchain.testbed.record import Record
+from vnfchain.testbed.record import Record as BedRecord
 from vnfchain.testbed.record import record_path as bed_record_path
 
 pytestmark = pytest.mark.root
@@ -114,7 +114,7 @@ def test_an_old_open_state_dir_is_closed_and_its_lock_replaced(run):
         holder.wait()
     assert (mode(run), mode(run / "old.json"), mode(lock)) == (0o700, 0o600, 0o600)
     assert os.stat(lock).st_ino != old_lock
-    assert read_record("old")["state"] == "deploying"
+    assert Record.read("old").state == "deploying"
     probe = as_nobody("/usr/bin/python3", "-c", PROBE, run / "old.json", lock)
     assert probe.stdout.split() == ["13", "13"], probe.stderr
 
@@ -123,7 +123,7 @@ def test_a_state_dir_someone_else_owns_is_refused(run):
     run.mkdir(mode=0o700)
     os.chown(run, NOBODY, NOBODY)
     with pytest.raises(EnvironmentError_) as info:
-        write_record({"name": "x", "state": "deploying", "pin_dir": "/x", "attachments": []})
+        Record(name="x", state="deploying", pin_dir=Path("/x")).save()
     assert info.value.message == (f"{run} belongs to uid {NOBODY}, not to uid 0: someone else made it, so "
                                   f"vnfchain keeps no state there; check what it holds and remove it")
     assert list(run.iterdir()) == []
@@ -136,7 +136,7 @@ def test_a_state_dir_that_is_a_link_is_refused(run):
     elsewhere.mkdir()
     run.symlink_to(elsewhere)
     with pytest.raises(EnvironmentError_, match="is not a directory but a link or a file"):
-        write_record({"name": "x", "state": "deploying", "pin_dir": "/x", "attachments": []})
+        Record(name="x", state="deploying", pin_dir=Path("/x")).save()
     assert list(elsewhere.iterdir()) == []
 
 
@@ -149,31 +149,31 @@ def test_links_planted_in_the_state_dir_lead_nowhere(run, planted, how):
     victim.write_text("precious")
     victim.chmod(0o644)
     (run / planted).symlink_to(victim) if how == "symlink" else os.link(victim, run / planted)
-    write_record({"name": "x", "state": "deploying", "pin_dir": "/x", "attachments": []})
+    Record(name="x", state="deploying", pin_dir=Path("/x")).save()
     with locked("x"):
         pass
     assert victim.read_text() == "precious" and mode(victim) == 0o644
     for name in ("x.json", "vnfchain.lock"):
         assert stat.S_ISREG(os.lstat(run / name).st_mode) and os.stat(run / name).st_nlink == 1
         assert mode(run / name) == 0o600
-    assert read_record("x")["state"] == "deploying"
+    assert Record.read("x").state == "deploying"
 
 
 def test_a_record_that_is_a_link_is_not_read(run):
     statedir.private_dir(run)
     (run / "x.json").symlink_to(REPO / "README.md")
     with pytest.raises(RecordError) as info:
-        read_record("x")
+        Record.read("x")
     assert info.value.reason == "is a symbolic link"
 
 
 def test_test_bed_records_are_private(run):
-    record = Record.claim("t-priv", {"name": "t-priv"}, None)
+    record = BedRecord.claim("t-priv", {"name": "t-priv"}, None)
     try:
         path = bed_record_path("t-priv")
         assert (mode(run), mode(path.parent), mode(path)) == (0o700, 0o700, 0o600)
         record.save()
-        assert mode(path) == 0o600 and Record.read("t-priv").topology == {"name": "t-priv"}
+        assert mode(path) == 0o600 and BedRecord.read("t-priv").topology == {"name": "t-priv"}
         probe = as_nobody("/usr/bin/python3", "-c", PROBE, path)
         assert probe.stdout.split() == ["13"], probe.stderr
     finally:

@@ -8,7 +8,7 @@ from pydantic import ValidationError
 
 from .. import yamlio
 from ..errors import SpecError
-from .deploy import Deployment
+from .deployment import Deployment
 from .model import AttachPoint, ChainSpec, FunctionSpec, dict_from_graph, spec_from_dict, \
     spec_to_dict, spec_to_graph
 from .render import Unit
@@ -59,7 +59,7 @@ class Chain:
         return yamlio.dumps(self.to_dict())
 
     def render(self, mode: str | None = None, pin_dir: str | None = None) -> list[Unit]:
-        from .deploy import pin_root
+        from .record import pin_root
         from .render import render
         return render(self.spec, pin_dir or str(pin_root() / self.name), mode)
 

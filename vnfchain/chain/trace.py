@@ -11,7 +11,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..errors import SpecError
-from .deploy import ENTRY, Deployment
+from .deployment import Deployment
+from .record import Attachment
+from .render import ENTRY
 
 VERDICT_COUNTERS = ("continue", "branch", "drop", "pass", "tx", "redirect", "tail_call_miss")
 
@@ -53,31 +55,30 @@ def build_packet(expression: str):
 def trace(dep: Deployment, packet, interface: str | None = None) -> Trace:
     attachment = _arrival(dep, interface)
     before = dep.stats()
-    result = dep.run(packet, ingress_ifindex=attachment["ifindex"] if attachment else None,
-                     netns=attachment["netns"] if attachment else None)
+    result = dep.run(packet, ingress_ifindex=attachment.ifindex if attachment else None,
+                     netns=attachment.netns if attachment else None)
     after = dep.stats()
-    types = {f["name"]: f["type"] for f in dep.record["functions"]}
     steps = []
-    for f in dep.record["functions"]:
-        delta = {k: after[f["name"]].get(k, 0) - before[f["name"]].get(k, 0) for k in after[f["name"]]}
+    for f in dep.record.functions:
+        delta = {k: after[f.name].get(k, 0) - before[f.name].get(k, 0) for k in after[f.name]}
         if delta.get("rx_packets", 0) <= 0:
             continue
         verdict = next((v for v in VERDICT_COUNTERS if delta.get(v, 0) > 0), "?")
         reason = next((k[len("drop_"):] for k, v in delta.items() if k.startswith("drop_") and v > 0), "")
-        steps.append(Step(f["name"], types[f["name"]], verdict, reason))
+        steps.append(Step(f.name, f.type, verdict, reason))
     seen = after[ENTRY]["rx_packets"] - before[ENTRY]["rx_packets"]
     return Trace(bytes(packet), result.data, result.action, result.duration_ns, tuple(steps),
                  interference=seen != 1)
 
 
-def _arrival(dep: Deployment, interface: str | None) -> dict | None:
-    attachments = dep.record["attachments"]
+def _arrival(dep: Deployment, interface: str | None) -> Attachment | None:
+    attachments = dep.record.attachments
     if interface is None:
         return attachments[0] if attachments else None
     for a in attachments:
-        if interface in (a["interface"], f"{a['interface']}@{a['netns']}"):
+        if interface in (a.interface, f"{a.interface}@{a.netns}"):
             return a
-    names = ", ".join(f"{a['interface']}@{a['netns'] or 'root'}" for a in attachments) or "none"
+    names = ", ".join(a.where for a in attachments) or "none"
     raise SpecError(f"chain '{dep.name}' is not attached to '{interface}'; its interfaces: {names}")
 
 

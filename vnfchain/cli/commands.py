@@ -22,7 +22,7 @@ from . import cli
 from .. import functions, yamlio
 from ..chain import Chain, Deployment
 from ..chain import render as render_mod
-from ..chain.deploy import listing
+from ..chain.deployment import listing
 from ..chain.model import MAX_TAIL_CALLS, spec_from_dict
 from ..errors import RecordError, SpecError, VnfchainError
 
@@ -206,12 +206,11 @@ def deploy(chain_file, attach, mode):
     with err.status("deploying") as status:
         dep = chain.deploy(attach=list(attach) if attach else None,
                            progress=lambda msg: status.update(msg))
-    where = ", ".join(f"{a['interface']}@{a['netns'] or 'root'} ({a['mode']})"
-                      for a in dep.record["attachments"]) or "nothing (not attached)"
+    where = ", ".join(f"{a.where} ({a.mode})" for a in dep.record.attachments) or "nothing (not attached)"
     took = f"{time.monotonic() - started:.1f} s"
     if dep.last_change == "new":
-        out.print(f"deployed chain [bold]{dep.name}[/bold] ({dep.record['mode']}, "
-                  f"{len(dep.record['functions'])} functions) on {where} in {took}")
+        out.print(f"deployed chain [bold]{dep.name}[/bold] ({dep.record.mode}, "
+                  f"{len(dep.record.functions)} functions) on {where} in {took}")
     else:
         out.print(f"changed chain [bold]{dep.name}[/bold] live in {took}: {_CHANGES[dep.last_change]}; "
                   f"running on {where}")
@@ -250,9 +249,9 @@ def _summary(d: Deployment | RecordError) -> dict:
     if isinstance(d, RecordError):
         return {"name": d.name, "state": "unreadable", "mode": None, "functions": [], "attached": [],
                 "problems": [d.message]}
-    return {"name": d.name, "state": d.condition(), "mode": d.record.get("mode"),
-            "functions": [f["name"] for f in d.record.get("functions", [])],
-            "attached": [f"{a['interface']}@{a['netns'] or 'root'}" for a in d.record["attachments"]],
+    return {"name": d.name, "state": d.condition(), "mode": d.record.mode,
+            "functions": [f.name for f in d.record.functions],
+            "attached": [a.where for a in d.record.attachments],
             "problems": d.health()}
 
 
@@ -263,22 +262,22 @@ def status(name):
     d = Deployment.get(name)
     r = d.record
     if d.condition() != "running":
-        out.print(f"chain [bold]{d.name}[/bold]: {d.condition()}, pins {r['pin_dir']}")
+        out.print(f"chain [bold]{d.name}[/bold]: {d.condition()}, pins {r.pin_dir}")
         for problem in d.health():
             out.print(f"  {escape(problem)}")
         return
-    out.print(f"chain [bold]{d.name}[/bold]: {r['state']}, mode {r['mode']}, generation "
-              f"{r['generation']}, {r.get('changes', 0)} live change(s), pins {r['pin_dir']}")
-    out.print(f"entry program id {r['entry_prog_id']}")
+    out.print(f"chain [bold]{d.name}[/bold]: {r.state}, mode {r.mode}, generation "
+              f"{r.generation}, {r.changes} live change(s), pins {r.pin_dir}")
+    out.print(f"entry program id {r.entry_prog_id}")
     table = Table("slot", "function", "type", "program id", "next", box=None)
     spec = d.spec
-    for f in r["functions"]:
-        nxt = spec.function(f["name"]).next
-        table.add_row(str(f["slot"]), f["name"], f["type"], str(f.get("prog_id") or "(fused)"),
+    for f in r.functions:
+        nxt = spec.function(f.name).next
+        table.add_row(str(f.slot), f.name, f.type, str(f.prog_id or "(fused)"),
                       ", ".join(f"{label}->{t}" for label, t in nxt) or f"exit: {spec.exit}")
     out.print(table)
-    for a in r["attachments"]:
-        out.print(f"attached: {a['interface']}@{a['netns'] or 'root'} ifindex {a['ifindex']} ({a['mode']})")
+    for a in r.attachments:
+        out.print(f"attached: {a.where} ifindex {a.ifindex} ({a.mode})")
     problems = d.health()
     out.print("health: ok" if not problems else "health: " + "; ".join(problems))
     for name, (columns, rows) in d.state().items():
@@ -381,7 +380,7 @@ def undeploy(name, all_):
     if not name and not all_:
         raise click.UsageError("name a chain, or pass --all")
     names = [d.name for d in listing()] if all_ else [name]
-    from ..chain.deploy import undeploy as undeploy_chain
+    from ..chain.teardown import undeploy as undeploy_chain
     from ..errors import NotDeployedError
     for n in names:
         try:

@@ -5,8 +5,8 @@
         assert tb.ping("client", tb.addr("server")).ok
 
 Modules: ``model`` (topology YAML -> frozen, validated ``Topology``),
-``build`` (naming scheme, bring-up and teardown), ``netlink`` (the only
-pyroute2 user), ``services`` and ``agent`` (service processes), ``record``
+``build`` (naming scheme, bring-up and teardown), ``netlink`` (namespaces,
+links and addresses, through ``vnfchain.netlink``), ``services`` and ``agent`` (service processes), ``record``
 (what a bed made, under /run/vnfchain/testbeds), ``traffic`` (ping, curl,
 echo, scapy send/expect), ``bed`` (the ``Testbed`` handle).
 """

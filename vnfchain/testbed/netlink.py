@@ -1,4 +1,6 @@
-"""The only module that talks netlink (pyroute2) or runs ``ip``/``ethtool``.
+"""What a test bed asks of the network: namespaces, veth links, bridges,
+addresses and routes (through ``vnfchain.netlink``, which speaks netlink), and
+the commands only ``ip``/``sysctl``/``ethtool`` offer.
 
 Calls mirror the ``ip`` commands they replace::
 
@@ -22,13 +24,13 @@ import threading
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 from pathlib import Path
 
-from pyroute2 import IPRoute
-from pyroute2 import netns as _netns
-from pyroute2.netlink.exceptions import NetlinkError
-
+from .. import netlink
 from ..errors import TestbedError
+from ..netlink import NETNS_DIR, NetlinkError, list_netns, netns_exists, remove_netns
 
-NETNS_DIR = Path("/run/netns")
+__all__ = ["NETNS_DIR", "list_netns", "netns_exists", "create_netns", "remove_netns", "netns_pids",
+           "add_veth", "move_link", "root_links", "root_link_exists", "delete_root_link", "Namespace",
+           "exec_argv", "sysctl", "has_ipv6", "set_offloads", "socket_in"]
 
 
 def _explain(exc: BaseException) -> str:
@@ -41,34 +43,15 @@ def _explain(exc: BaseException) -> str:
 
 # --- namespaces ----------------------------------------------------------------
 
-def list_netns() -> list[str]:
-    return sorted(_netns.listnetns())
-
-
-def netns_exists(name: str) -> bool:
-    return (NETNS_DIR / name).exists()
-
-
 def create_netns(name: str) -> None:
     """``ip netns add NAME``; an existing namespace of that name is an error."""
     if netns_exists(name):
         raise TestbedError(f"network namespace {name} already exists; if it is a left-over test bed, "
                            "run `vnfchain testbed down` for it")
     try:
-        _netns.create(name)
+        netlink.create_netns(name)
     except OSError as exc:
         raise TestbedError(f"cannot create network namespace {name}: {_explain(exc)}") from exc
-
-
-def remove_netns(name: str) -> bool:
-    """``ip netns del NAME``; the veths inside go with it. False if it was not there."""
-    if not netns_exists(name):
-        return False
-    try:
-        _netns.remove(name)
-    except FileNotFoundError:
-        return False
-    return True
 
 
 def netns_pids(name: str) -> list[int]:
@@ -94,45 +77,45 @@ def netns_pids(name: str) -> list[int]:
 
 def add_veth(name: str, peer: str) -> None:
     """``ip link add NAME type veth peer name PEER`` in the root namespace."""
-    with IPRoute() as ipr:
+    with netlink.Links() as root:
         try:
-            ipr.link("add", ifname=name, kind="veth", peer={"ifname": peer})
+            root.add_veth(name, peer)
         except NetlinkError as exc:
             raise TestbedError(f"cannot create veth pair {name}/{peer}: {_explain(exc)}") from exc
 
 
 def move_link(name: str, netns: str) -> None:
     """``ip link set NAME netns NETNS`` from the root namespace."""
-    with IPRoute() as ipr:
-        index = ipr.link_lookup(ifname=name)
+    with netlink.Links() as root:
+        index = root.index(name)
         if not index:
             raise TestbedError(f"link {name} vanished before it could move to {netns}")
         try:
-            ipr.link("set", index=index[0], net_ns_fd=netns)
+            root.move(index, netns)
         except NetlinkError as exc:
             raise TestbedError(f"cannot move {name} into {netns}: {_explain(exc)}") from exc
 
 
 def root_links(prefix: str = "") -> list[str]:
     """Names of the links in the root namespace that start with ``prefix``."""
-    with IPRoute() as ipr:
-        names = [link.get("ifname") or "" for link in ipr.get_links()]
+    with netlink.Links() as root:
+        names = root.names()
     return sorted(n for n in names if n.startswith(prefix))
 
 
 def root_link_exists(name: str) -> bool:
-    with IPRoute() as ipr:
-        return bool(ipr.link_lookup(ifname=name))
+    with netlink.Links() as root:
+        return bool(root.index(name))
 
 
 def delete_root_link(name: str) -> bool:
     """``ip link del NAME`` in the root namespace if it is there (its peer goes too)."""
-    with IPRoute() as ipr:
-        index = ipr.link_lookup(ifname=name)
+    with netlink.Links() as root:
+        index = root.index(name)
         if not index:
             return False
         try:
-            ipr.link("del", index=index[0])
+            root.delete(index)
         except NetlinkError as exc:
             if exc.code == errno_.ENODEV:
                 return False
@@ -143,11 +126,11 @@ def delete_root_link(name: str) -> bool:
 # --- inside one namespace ----------------------------------------------------------
 
 class Namespace:
-    """Netlink in one existing namespace (``ip -n NAME ...``); use as a context manager."""
+    """Links by name in one existing namespace (``ip -n NAME ...``); use as a context manager."""
 
     def __init__(self, name: str):
         self.name = name
-        self._ipr = IPRoute(netns=name, flags=0)  # flags=0: never create it by accident
+        self._links = netlink.Links(name)
 
     def __enter__(self) -> "Namespace":
         return self
@@ -156,46 +139,45 @@ class Namespace:
         self.close()
 
     def close(self) -> None:
-        self._ipr.close()
+        self._links.close()
 
     def _index(self, ifname: str) -> int:
-        found = self._ipr.link_lookup(ifname=ifname)
+        found = self._links.index(ifname)
         if not found:
             raise TestbedError(f"no interface {ifname} in namespace {self.name}")
-        return found[0]
+        return found
 
-    def _do(self, what: str, call, *args, **kwargs):
+    def _do(self, what: str, call, *args):
         try:
-            return call(*args, **kwargs)
+            return call(*args)
         except NetlinkError as exc:
             raise TestbedError(f"{what} in {self.name}: {_explain(exc)}") from exc
 
     def set_up(self, ifname: str) -> None:
-        self._do(f"cannot bring {ifname} up", self._ipr.link, "set", index=self._index(ifname), state="up")
+        self._do(f"cannot bring {ifname} up", self._links.set_up, self._index(ifname))
 
     def rename(self, old: str, new: str) -> None:
-        self._do(f"cannot rename {old} to {new}", self._ipr.link, "set", index=self._index(old), ifname=new)
+        self._do(f"cannot rename {old} to {new}", self._links.rename, self._index(old), new)
 
     def set_mtu(self, ifname: str, mtu: int) -> None:
-        self._do(f"cannot set MTU {mtu} on {ifname}", self._ipr.link, "set", index=self._index(ifname), mtu=mtu)
+        self._do(f"cannot set MTU {mtu} on {ifname}", self._links.set_mtu, self._index(ifname), mtu)
 
     def add_bridge(self, name: str) -> None:
-        self._do(f"cannot create bridge {name}", self._ipr.link, "add", ifname=name, kind="bridge")
+        self._do(f"cannot create bridge {name}", self._links.add_bridge, name)
 
     def set_master(self, ifname: str, bridge: str) -> None:
-        self._do(f"cannot add {ifname} to bridge {bridge}", self._ipr.link, "set",
-                 index=self._index(ifname), master=self._index(bridge))
+        self._do(f"cannot add {ifname} to bridge {bridge}", self._links.set_master,
+                 self._index(ifname), self._index(bridge))
 
     def add_address(self, ifname: str, address: IPv4Interface) -> None:
-        self._do(f"cannot add address {address} to {ifname}", self._ipr.addr, "add",
-                 index=self._index(ifname), address=str(address.ip), prefixlen=address.network.prefixlen)
+        self._do(f"cannot add address {address} to {ifname}", self._links.add_address,
+                 self._index(ifname), str(address.ip), address.network.prefixlen)
 
     def mac(self, ifname: str) -> str:
-        link = self._ipr.link("get", index=self._index(ifname))[0]
-        return link.get("IFLA_ADDRESS")
+        return self._links.mac(self._index(ifname))
 
     def add_route(self, dst: IPv4Network, via: IPv4Address) -> None:
-        self._do(f"cannot add route {dst} via {via}", self._ipr.route, "add", dst=str(dst), gateway=str(via))
+        self._do(f"cannot add route {dst} via {via}", self._links.add_route, str(dst), str(via))
 
 
 # --- commands inside a namespace ---------------------------------------------------
@@ -237,7 +219,7 @@ def socket_in(netns: str, family: int, type_: int, proto: int = 0) -> socket.soc
 
     def enter_and_open():
         try:
-            _netns.setns(str(NETNS_DIR / netns), flags=0, fork=False)
+            netlink.enter_netns(netns)
             result["sock"] = socket.socket(family, type_, proto)
         except BaseException as exc:  # handed to the caller's thread
             result["error"] = exc

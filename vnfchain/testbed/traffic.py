@@ -20,16 +20,26 @@ import re
 import socket
 import ssl
 import struct
+import subprocess
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable, Iterable
+from typing import Callable, Iterable, Protocol
 
 from ..errors import TestbedError
 from .agent import dns_name, dns_question
 from .netlink import socket_in
 
-if TYPE_CHECKING:
-    from .bed import Testbed
+
+class Hosts(Protocol):
+    """What traffic needs of a test bed (``Testbed`` is one): its hosts by name."""
+
+    def exec(self, host: str, argv: list[str]) -> subprocess.CompletedProcess: ...
+
+    def netns(self, host: str) -> str: ...
+
+    def mac(self, host: str, ifname: str) -> str: ...
+
+    def peer_mac(self, host: str, ifname: str) -> str: ...
 
 _ETH_P_ALL = 0x0003
 _PACKET_OUTGOING = 4
@@ -62,7 +72,7 @@ class HttpResult:
         return 200 <= self.status < 300
 
 
-def ping(tb: "Testbed", src: str, dst: str, count: int = 3, *, interval: float = 0.05,
+def ping(tb: Hosts, src: str, dst: str, count: int = 3, *, interval: float = 0.05,
          timeout: float = 1.0) -> PingResult:
     argv = ["ping", "-n", "-q", "-c", str(count), "-i", f"{interval:g}", "-W", f"{timeout:g}", str(dst)]
     proc = tb.exec(src, argv)
@@ -75,7 +85,7 @@ def ping(tb: "Testbed", src: str, dst: str, count: int = 3, *, interval: float =
 _STATUS_MARK = "\n--vnfchain-http-status:"
 
 
-def http_get(tb: "Testbed", src: str, url: str, *, timeout: float = 3.0, headers=()) -> HttpResult:
+def http_get(tb: Hosts, src: str, url: str, *, timeout: float = 3.0, headers=()) -> HttpResult:
     """``headers``: extra request headers, e.g. ``["Host: www.example"]``."""
     argv = ["curl", "-sS", "--noproxy", "*", "--max-time", f"{timeout:g}", "-w", _STATUS_MARK + "%{http_code}", url]
     for header in headers:
@@ -85,7 +95,7 @@ def http_get(tb: "Testbed", src: str, url: str, *, timeout: float = 3.0, headers
     return HttpResult(int(status or 0), body, proc.stderr.strip())
 
 
-def tcp_echo(tb: "Testbed", src: str, addr: str, port: int, payload: bytes, *, timeout: float = 2.0) -> bytes:
+def tcp_echo(tb: Hosts, src: str, addr: str, port: int, payload: bytes, *, timeout: float = 2.0) -> bytes:
     """Send ``payload`` over TCP from ``src`` and return what came back before the
     server closed (an echo server returns ``payload``); raises TestbedError if the
     connection fails."""
@@ -103,7 +113,7 @@ def tcp_echo(tb: "Testbed", src: str, addr: str, port: int, payload: bytes, *, t
     return b"".join(chunks)
 
 
-def udp_echo(tb: "Testbed", src: str, addr: str, port: int, payload: bytes, *,
+def udp_echo(tb: Hosts, src: str, addr: str, port: int, payload: bytes, *,
              timeout: float = 1.0) -> bytes | None:
     """Send one datagram from ``src``; the reply, or None if none came in ``timeout`` s."""
     with socket_in(tb.netns(src), socket.AF_INET, socket.SOCK_DGRAM) as sock:
@@ -116,7 +126,7 @@ def udp_echo(tb: "Testbed", src: str, addr: str, port: int, payload: bytes, *,
     return data
 
 
-def tls_hello(tb: "Testbed", src: str, addr: str, port: int, server_name: str, *,
+def tls_hello(tb: Hosts, src: str, addr: str, port: int, server_name: str, *,
               timeout: float = 2.0) -> str:
     """Open a TLS connection from ``src`` asking for ``server_name`` (SNI) and
     return what the server sent before closing (the bed's ``tls`` service sends
@@ -138,7 +148,7 @@ def tls_hello(tb: "Testbed", src: str, addr: str, port: int, server_name: str, *
     return b"".join(chunks).decode(errors="replace")
 
 
-def dns_query(tb: "Testbed", src: str, server: str, name: str, *, port: int = 53,
+def dns_query(tb: Hosts, src: str, server: str, name: str, *, port: int = 53,
               timeout: float = 1.0) -> list[str] | None:
     """Ask ``server`` (UDP) for the A records of ``name`` from ``src``: the
     addresses answered, or None if no answer came within ``timeout`` s."""
@@ -159,7 +169,7 @@ def dns_query(tb: "Testbed", src: str, server: str, name: str, *, port: int = 53
     return addresses
 
 
-def send_expect(tb: "Testbed", src_host: str, src_if: str, packets, dst_host: str, dst_if: str, *,
+def send_expect(tb: Hosts, src_host: str, src_if: str, packets, dst_host: str, dst_if: str, *,
                 filter: Callable | None = None, timeout: float = 1.0, count: int = 1) -> list:
     """Send scapy ``packets`` out of ``src_host:src_if`` and return the frames that
     arrive at ``dst_host:dst_if`` within ``timeout`` s and pass ``filter`` (a

@@ -1,0 +1,193 @@
+"""Change a running chain live, as little as covers the difference.
+
+``plan_change`` picks the kind:
+
+- ``config``: only map contents differ: maps are updated in place;
+- ``code``: some functions' code differs (tail-call mode): their programs are
+  replaced in their prog-array slots, one atomic update each;
+- ``topology``: anything else: a new generation (prog array, entry) is built
+  beside the running one and swapped in with ``XDP_FLAGS_REPLACE``, the
+  counters carried over by name.
+
+Function maps whose definition did not change are reused in every case, so
+state survives. What could fail half-way is checked first; a change that fails
+anyway puts back what it switched and leaves the record as it was.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+from dataclasses import replace
+from pathlib import Path
+
+from .. import bpfsys
+from ..errors import DeployError
+from . import attach
+from .build import Progress, build_generation, contexts, load_functions
+from .maps import STATE_KEY, MapReader, state_rows
+from .model import ChainSpec, spec_from_dict, spec_to_dict
+from .record import Record
+from .render import ENTRY, PRELUDE, Unit, counter_layout, generation_dir, render
+
+
+def plan_change(record: Record, new: Unit, spec: ChainSpec) -> tuple[str, list[str]]:
+    """("config" | "code" | "topology", functions whose code changed)."""
+    old = record.sections
+    same_frame = (record.mode == spec.mode
+                  and [f.name for f in record.functions] == [f.name for f in spec.functions]
+                  and old.get(PRELUDE) == new.sections[PRELUDE]
+                  and old.get(ENTRY) == new.sections[ENTRY])
+    changed = [f.name for f in spec.functions if old.get(f.name) != new.sections.get(f.name)]
+    if same_frame and not changed:
+        return "config", []
+    if same_frame and spec.mode == "tailcall":
+        return "code", changed
+    return "topology", changed
+
+
+def change(record: Record, spec: ChainSpec, say: Progress) -> tuple[Record, str]:
+    """Make the running chain of ``record`` run ``spec``; the new record (saved)
+    and the kind of change it took."""
+    if record.state != "running":
+        raise DeployError(f"chain '{spec.name}' did not finish deploying; `vnfchain undeploy "
+                          f"{spec.name}` first")
+    targets = attach.resolve(spec)
+    _preflight(record, spec, targets)
+    (unit,) = render(spec, str(record.pin_dir), generation=record.generation)
+    kind, changed = plan_change(record, unit, spec)
+    say(f"live change of chain '{spec.name}': {kind}" + (f" ({', '.join(changed)})" if changed else ""))
+    old_maps = set(record.maps.values())
+    try:
+        if kind == "topology":
+            new = _new_generation(record, spec, targets, say)
+        else:
+            new = _same_generation(record, spec, unit, changed, say)
+            new = attach.reattach(new, spec, targets, say)
+    except BaseException:
+        _forget_maps(set(_map_files(record.pin_dir)) - old_maps)
+        raise
+    _forget_maps(set(_map_files(record.pin_dir)) - set(new.maps.values()))
+    new = new.replace(changes=new.changes + 1)
+    new.save()
+    return new, kind
+
+
+def _preflight(record: Record, spec: ChainSpec, targets: attach.Targets) -> None:
+    """What could fail half-way through a live change, checked before it starts:
+    the functions' interfaces, and that interfaces to add are free."""
+    for f, ctx in contexts(spec):
+        f.ftype.preflight(f.params, ctx)
+    attach.check_free(record, targets)
+
+
+def _params_changed(record: Record, spec: ChainSpec) -> list:
+    """The functions whose parameters differ from the running chain's."""
+    old = record.spec["functions"]
+    return [f for f in spec.functions if old.get(f.name) != spec_to_dict(spec)["functions"][f.name]]
+
+
+def _populate_pinned(spec: ChainSpec, edited: list, pins: dict[str, str], record: Record) -> None:
+    """Write the edited functions' config into their pinned maps; if that fails
+    half-way, write the running config back (best effort) before the error
+    goes up, so the maps and the record keep telling the same story."""
+    ctx_of = {f.name: ctx for f, ctx in contexts(spec)}
+    try:
+        for f in edited:
+            f.ftype.populate(MapReader(pins, f.name), f.params, ctx_of[f.name])
+    except BaseException:
+        running = spec_from_dict(record.spec)
+        old = {f.name: (f, ctx) for f, ctx in contexts(running)}
+        for f in edited:
+            with contextlib.suppress(Exception):
+                was, ctx = old[f.name]
+                was.ftype.populate(MapReader(record.maps, f.name), was.params, ctx)
+        raise
+
+
+def _same_generation(record: Record, spec: ChainSpec, unit: Unit, changed: list[str],
+                     say: Progress) -> Record:
+    """Update maps in place and replace changed functions' programs in their slots."""
+    new = record.replace(spec=spec_to_dict(spec), sections=unit.sections, maps=unit.map_pins)
+    if not changed:
+        edited = _params_changed(record, spec)
+        if all(f.ftype.pinned_populate for f in edited):
+            # map updates only: the functions write their pinned maps without BCC
+            _populate_pinned(spec, edited, unit.map_pins, record)
+            return new
+    loaded = load_functions(spec, unit, changed)
+    try:
+        slots = loaded.bpf[b"vc_progs"] if changed else None
+        functions = []
+        for f in record.functions:
+            if f.name in changed:
+                prog = loaded.programs[f"vc_fn_{f.name}"]
+                say(f"replacing function '{f.name}' in slot {f.slot}")
+                slots[slots.Key(f.slot)] = slots.Leaf(prog.fd)  # the atomic switch
+                pin = record.gen_dir / f"fn_{f.name}"
+                with contextlib.suppress(FileNotFoundError):
+                    pin.unlink()
+                bpfsys.obj_pin(prog.fd, str(pin))
+                f = replace(f, prog_id=bpfsys.prog_id(prog.fd))
+            functions.append(f)
+        return new.replace(functions=tuple(functions))
+    finally:
+        loaded.close()
+
+
+def _new_generation(record: Record, spec: ChainSpec, targets: attach.Targets, say: Progress) -> Record:
+    """Build generation N+1 beside N, carry counters over, swap XDP atomically."""
+    generation = record.generation + 1
+    built = None
+    try:
+        built = build_generation(spec, record.pin_dir, generation, say)
+        _carry_counters(record, spec, generation_dir(record.pin_dir, generation))
+        new = built.adopted_by(record, spec)
+        new = new.replace(attachments=attach.swap(record, spec, targets, built.entry_fd, say), pending=())
+    except BaseException:
+        if built:
+            built.close()
+        shutil.rmtree(generation_dir(record.pin_dir, generation), ignore_errors=True)
+        raise
+    built.close()
+    new.save()   # the record names the attached generation before the old one goes
+    shutil.rmtree(record.gen_dir, ignore_errors=True)
+    return new
+
+
+def _carry_counters(record: Record, spec: ChainSpec, new_gen_dir: Path) -> None:
+    """Copy each function's counters (by name) into the new generation's state."""
+    old_rows = {f.name: f.slot for f in record.functions}
+    old_rows[ENTRY] = len(record.functions)
+    new_rows = {f.name: i for i, f in enumerate(spec.functions)}
+    new_rows[ENTRY] = len(spec.functions)
+    width = len(record.counters)
+    with bpfsys.PinnedMap(str(record.gen_dir / "state")) as old, \
+            bpfsys.PinnedMap(str(new_gen_dir / "state")) as new:
+        per_cpu = []
+        for cpu_state in old.lookup(STATE_KEY) or []:
+            rows = state_rows(cpu_state, len(old_rows), width)
+            layout = counter_layout()   # by name: a newer vnfchain may order reasons otherwise
+            where = {counter: i for i, counter in enumerate(layout.names)}
+            carried = [[0] * layout.slots for _ in new_rows]
+            for name, row in new_rows.items():
+                if name in old_rows:
+                    for counter, value in zip(record.counters, rows[old_rows[name]]):
+                        if counter in where:
+                            carried[row][where[counter]] = value
+            body = b"".join(v.to_bytes(8, "little") for r in carried for v in r)
+            per_cpu.append(bytes(new.value_size - len(body)) + body)
+        if per_cpu:
+            new.update(STATE_KEY, b"".join(per_cpu))
+
+
+def _map_files(pin_dir: Path) -> list[str]:
+    maps = pin_dir / "maps"
+    return [str(p) for p in maps.iterdir()] if maps.is_dir() else []
+
+
+def _forget_maps(paths) -> None:
+    """Unpin maps nothing uses any more (their programs hold them until replaced)."""
+    for path in paths:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)

@@ -1,0 +1,189 @@
+"""``Deployment``: a chain running in the kernel, seen through its record and pins.
+
+What a user asks of a running chain lives here: stats, state, health, a test
+run, undeploy; and ``listing()``, every chain vnfchain knows of, finished,
+broken or with a record it cannot read.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+from .. import bpfsys, netlink
+from ..errors import DeployError, NotDeployedError, RecordError
+from ..yamlio import Locator
+from .maps import STATE_KEY, MapReader, state_rows
+from .model import CHAIN_NAME, ChainSpec, spec_from_dict
+from .record import Record, busy, own_pin_root, pin_root, record_path, recorded_names
+from .render import ENTRY
+from .teardown import undeploy
+
+
+@dataclass
+class Deployment:
+    """A chain running in the kernel, seen through its record and pins."""
+
+    record: Record
+    last_change: str = ""   # what the deploy that returned this did: new, config, code, topology
+
+    @property
+    def name(self) -> str:
+        return self.record.name
+
+    @property
+    def pin_dir(self) -> Path:
+        return self.record.pin_dir
+
+    @property
+    def gen_dir(self) -> Path:
+        if self.record.gen_dir is None:
+            raise DeployError(f"chain '{self.name}' has no programs to show: its deploy stopped before "
+                              f"it recorded them; `vnfchain undeploy {self.name}` removes what it made")
+        return self.record.gen_dir
+
+    @cached_property
+    def spec(self) -> ChainSpec:
+        """The running chain's spec (validated once per Deployment: a dpi with
+        thousands of signatures takes a while to validate)."""
+        self.gen_dir   # noqa: B018  (a deploy that stopped before its programs has no spec either)
+        return spec_from_dict(self.record.spec, Locator(str(record_path(self.name)), {}))
+
+    @classmethod
+    def get(cls, name: str) -> "Deployment":
+        """The chain ``name``; RecordError when its record is unreadable."""
+        dep = _known(name)
+        if dep is None:
+            raise NotDeployedError(f"chain '{name}' is not deployed; `vnfchain ls` lists the running ones")
+        return dep
+
+    @classmethod
+    def all(cls) -> list["Deployment"]:
+        """Every chain with a readable record, finished or not (see ``listing``)."""
+        return [d for d in listing() if isinstance(d, Deployment)]
+
+    def entry_fd(self) -> int:
+        """An fd of the entry program (the caller closes it)."""
+        self._require_pins()
+        return bpfsys.obj_get(str(self.gen_dir / "entry"))
+
+    def _require_pins(self) -> None:
+        missing = self.missing_pins()
+        if missing:
+            raise DeployError(f"chain '{self.name}' is broken: {len(missing)} of its pins are gone "
+                              f"({missing[0]}, ...); `vnfchain undeploy {self.name}` removes what is left")
+
+    def run(self, packet, *, repeat: int = 1, ingress_ifindex: int | None = None,
+            netns: str | None = None):
+        """Run one frame through the running chain with BPF_PROG_TEST_RUN (it
+        follows the tail calls); returns a testrun.RunResult. The frame is
+        counted like real traffic."""
+        from ..testrun import run_xdp
+        fd = self.entry_fd()
+        try:
+            return run_xdp(fd, packet, repeat=repeat, ingress_ifindex=ingress_ifindex, netns=netns)
+        finally:
+            os.close(fd)
+
+    @property
+    def finished(self) -> bool:
+        """Its last deploy or change ran to the end."""
+        return self.record.finished
+
+    def condition(self) -> str:
+        """running; deploying (a vnfchain is at work on the chains now); broken (a
+        deploy or change stopped half-way, or pins are gone: undeploy it)."""
+        if not self.finished and busy():
+            return "deploying"
+        return "running" if self.finished and not self.missing_pins() else "broken"
+
+    def missing_pins(self) -> list[str]:
+        """Recorded pins that are not there (none recorded: a deploy that stopped early)."""
+        return [str(p) for p in self.record.pins() if not p.exists()]
+
+    def health(self) -> list[str]:
+        """What is wrong with the chain, if anything; a broken one's last line is the fix."""
+        r = self.record
+        if r.state == "no record":
+            problems = [f"no record, only pins under {self.pin_dir}"]
+        else:
+            problems = self._unfinished() + [f"pin missing: {p}" for p in self.missing_pins()]
+        for a in r.attachments:
+            state = None
+            with contextlib.suppress(Exception):
+                state = netlink.xdp_state(a.ifindex, a.netns)
+            if not state or state[0] != r.entry_prog_id:
+                problems.append(f"{a.where} no longer runs the chain")
+        if self.condition() == "broken":
+            problems.append(f"fix: `vnfchain undeploy {self.name}` removes what it made")
+        return problems
+
+    def _unfinished(self) -> list[str]:
+        r = self.record
+        problems = []
+        if r.state != "running":
+            where = "after loading its programs" if r.built else "before it recorded its programs"
+            problems.append(f"deploy stopped {where} (state {r.state}, pid {r.pid})")
+        problems += [f"{a.where} was being attached when vnfchain stopped" for a in r.pending]
+        return problems
+
+    def undeploy(self) -> list[str]:
+        return undeploy(self.name)
+
+    def state(self) -> dict[str, tuple[list[str], list[list[str]]]]:
+        """Live state of the functions that keep some (e.g. NAT translations):
+        {function: (columns, rows)}."""
+        out = {}
+        for f in self.spec.functions:
+            rows = f.ftype.state_rows(MapReader(self.record.maps, f.name), f.params)
+            if rows is not None:
+                out[f.name] = rows
+        return out
+
+    def stats(self) -> dict[str, dict[str, Any]]:
+        """Counters per function (and '(entry)'), summed over CPUs."""
+        self._require_pins()
+        names = self.record.counters
+        nrows = len(self.record.functions) + 1
+        totals = [[0] * len(names) for _ in range(nrows)]
+        with bpfsys.PinnedMap(str(self.gen_dir / "state")) as state:
+            for cpu_state in state.lookup(STATE_KEY) or []:
+                for r, row in enumerate(state_rows(cpu_state, nrows, len(names))):
+                    totals[r] = [a + b for a, b in zip(totals[r], row)]
+        out: dict[str, dict[str, Any]] = {ENTRY: dict(zip(names, totals[-1]))}
+        for f in self.record.functions:
+            out[f.name] = dict(zip(names, totals[f.slot]))
+        for f in self.spec.functions:
+            out[f.name].update(f.ftype.read_counters(MapReader(self.record.maps, f.name), f.params))
+        return out
+
+
+def listing() -> list["Deployment | RecordError"]:
+    """Every chain vnfchain knows of, by name: a Deployment for each readable record
+    (finished or not) and for pins left without a record, a RecordError for each
+    record that cannot be read."""
+    recorded = set(recorded_names())
+    root = own_pin_root()
+    pinned = [p.name for p in root.iterdir() if p.is_dir()] if root else []
+    out: list[Deployment | RecordError] = []
+    for name in sorted(recorded | {n for n in pinned if re.fullmatch(CHAIN_NAME, n)}):
+        try:
+            out.append(_known(name))
+        except RecordError as exc:
+            out.append(exc)
+    return out
+
+
+def _known(name: str) -> Deployment | None:
+    """``name`` from its record, or from pins left without one; None if neither is there."""
+    record = Record.read(name)
+    if record is not None:
+        return Deployment(record)
+    pin_dir = pin_root() / name
+    if pin_dir.is_dir():
+        return Deployment(Record(name=name, state="no record", pin_dir=pin_dir))
+    return None

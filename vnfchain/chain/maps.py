@@ -1,0 +1,53 @@
+"""A running chain's maps, as function types and ``stats`` read them.
+
+``MapReader`` is what a function type's ``read_counters``, ``state_rows`` and
+pinned ``populate`` get: its own pinned maps by short name. At deploy,
+``FunctionTables`` adds the BCC tables of the unit just loaded.
+``state_rows`` reads the per-CPU counter rows of a generation's ``state`` map.
+"""
+from __future__ import annotations
+
+from .. import bpfsys
+
+
+class MapReader:
+    """A function's pinned maps, for its read_counters()."""
+
+    def __init__(self, pins: dict[str, str], prefix: str):
+        self.pins, self.prefix = pins, prefix
+
+    def open(self, name: str) -> bpfsys.PinnedMap:
+        return bpfsys.PinnedMap(self.pins[f"{self.prefix}_{name}"])
+
+    def items_percpu(self, name: str, fields: tuple[str, ...]):
+        """(index, {field: sum over CPUs}) for every entry of an array of u64 fields."""
+        with self.open(name) as m:
+            for index in range(m.max_entries):
+                totals = m.sum_u64(index.to_bytes(4, "little"))
+                yield index, dict(zip(fields, totals))
+
+
+class FunctionTables(MapReader):
+    """A function's maps by short name: tables["rules"] is the BCC table <fn>_rules,
+    tables.open("rules") the pinned map itself (no BCC types needed)."""
+
+    def __init__(self, bpf, pins: dict[str, str], prefix: str):
+        super().__init__(pins, prefix)
+        self._bpf, self._prefix = bpf, prefix
+
+    def __getitem__(self, name: str):
+        return self._bpf.get_table(f"{self._prefix}_{name}".encode())
+
+
+STATE_KEY = (0).to_bytes(4, "little")   # the state map's one entry
+
+
+def state_rows(state: bytes, nrows: int, width: int) -> list[list[int]]:
+    """The counter rows of one CPU's struct vc_state (metadata first, rows last;
+    each row has ``width`` named counters padded to a power of two)."""
+    slots = 1
+    while slots < width:
+        slots *= 2
+    start = len(state) - nrows * slots * 8
+    return [[int.from_bytes(state[start + 8 * (r * slots + c):start + 8 * (r * slots + c + 1)], "little")
+             for c in range(width)] for r in range(nrows)]
