@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 say() { printf '\033[1m[setup]\033[0m %s\n' "$*"; }
 
 if [ "$(id -u)" != 0 ]; then
-  echo "setup.sh: run as root (BPF, XDP and network namespaces need it): sudo $0" >&2
+  echo "setup.sh: run as root (BPF, XDP and network namespaces need it)" >&2
   exit 1
 fi
 

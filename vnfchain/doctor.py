@@ -134,7 +134,7 @@ def check_privileges(probe: _Probe) -> Check:
     who = "root" if os.geteuid() == 0 else f"uid {os.geteuid()}"
     if missing:
         return Check("privileges", False, f"running as {who} without {', '.join(missing)}",
-                     "run as root (sudo vnfchain ...); network namespaces also need CAP_SYS_ADMIN")
+                     "run as root; network namespaces also need CAP_SYS_ADMIN")
     return Check("privileges", True, f"running as {who} with CAP_BPF and CAP_NET_ADMIN")
 
 

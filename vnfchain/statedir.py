@@ -101,13 +101,13 @@ def _as_environment_error(path: Path, call, *args):
                                     f"its state there: remove it (after checking what it is)") from None
         if exc.errno == errno.EACCES and os.geteuid() != 0:
             raise EnvironmentError_(f"{path} holds vnfchain's state, which only root may read; "
-                                    f"run it with sudo") from None
+                                    f"run it as root") from None
         raise EnvironmentError_(f"cannot use {path} for vnfchain's state: {exc.strerror}") from None
 
 
 def _foreign_dir(path: Path, uid: int) -> str:
     if uid == 0:
-        return f"{path} holds vnfchain's state, which only root may read; run it with sudo"
+        return f"{path} holds vnfchain's state, which only root may read; run it as root"
     return (f"{path} belongs to uid {uid}, not to uid {os.geteuid()}: someone else made it, so "
             f"vnfchain keeps no state there; check what it holds and remove it")
 

@@ -78,7 +78,7 @@ def test_a_deployed_chain_is_unreadable_and_unlockable_for_others(deployed):
     for command in (["ls"], ["status", dep.name], ["undeploy", dep.name]):
         cli = as_nobody(sys.executable, "-m", "vnfchain", *command, cwd=REPO, env=env)
         assert cli.returncode == 1, cli.stderr
-        assert cli.stderr == f"error: {run} holds vnfchain's state, which only root may read; run it with sudo\n"
+        assert cli.stderr == f"error: {run} holds vnfchain's state, which only root may read; run it as root\n"
     assert dep.run(b"\x00" * 14).action == "XDP_PASS"            # still deployed
 
 

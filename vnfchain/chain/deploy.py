@@ -36,7 +36,7 @@ __all__ = ["deploy", "undeploy", "listing", "Deployment", "pin_root"]
 
 def check_environment() -> None:
     if os.geteuid() != 0:
-        raise EnvironmentError_("deploying needs root (BPF, XDP, pins); run it with sudo")
+        raise EnvironmentError_("deploying needs root (BPF, XDP, pins); run it as root")
     if not os.path.ismount("/sys/fs/bpf"):
         raise EnvironmentError_("bpffs is not mounted; run `mount -t bpf bpf /sys/fs/bpf` "
                                 "(scripts/setup.sh does)")
