@@ -108,6 +108,8 @@ def test_chain_outlives_the_cli_and_undeploy_leaves_nothing(pvp_bed, tmp_path):
     # the bed still forwards through the kernel stack
     assert pvp_bed.ping("client", pvp_bed.addr("server"), count=1).ok
     again = subprocess.run(cli + ["undeploy", name], capture_output=True, text=True)
+    assert again.returncode == 1 and f"chain {name} is not deployed" in again.stderr   # as `ip link del`
+    again = subprocess.run(cli + ["undeploy", name, "--ignore-missing"], capture_output=True, text=True)
     assert again.returncode == 0 and "not deployed" in again.stdout
 
 

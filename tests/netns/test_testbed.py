@@ -231,3 +231,12 @@ def test_cli_rejects_bad_topology(tmp_path):
     assert result.exit_code == 2
     assert f"{bad}:6:" in result.output and "outside 198.18.0.0/15" in result.output
     assert leftovers("bad") == []
+
+
+def test_exec_of_a_command_that_does_not_exist_exits_127(pvp_bed):
+    from click.testing import CliRunner
+    import vnfchain.cli.testbed  # noqa: F401  (registers the commands)
+    from vnfchain.cli import cli
+    result = CliRunner().invoke(cli, ["testbed", "exec", pvp_bed.name, "client", "--", "no-such-command-xyz"])
+    assert result.exit_code == 127
+    assert "no-such-command-xyz: command not found" in result.output

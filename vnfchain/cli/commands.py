@@ -370,10 +370,20 @@ def _stats_table(name, stats, rates, all_counters) -> Table:
     return table
 
 
-@cli.command()
+@cli.command(epilog="""\b
+Examples:
+  vnfchain undeploy web-edge
+  vnfchain undeploy --all
+  vnfchain undeploy web-edge --ignore-missing   # exit 0 if it is not deployed
+
+\b
+Exit status: 0 when the chain is gone; 1 when it was not deployed (like
+`ip link del` or `kubectl delete` of a missing object), unless --ignore-missing.""")
 @click.argument("name", required=False)
 @click.option("--all", "all_", is_flag=True, help="Undeploy every deployed chain.")
-def undeploy(name, all_):
+@click.option("--ignore-missing", is_flag=True, help="A chain that is not deployed is not an error.")
+@click.pass_context
+def undeploy(ctx, name, all_, ignore_missing):
     """Detach a chain and remove its pins and record (idempotent); also a broken
     chain, or one whose record is unreadable (its programs are then looked for on
     every interface)."""
@@ -386,8 +396,12 @@ def undeploy(name, all_):
         try:
             warnings = undeploy_chain(n)
         except NotDeployedError:
-            out.print(f"chain {n} is not deployed; nothing to do")
-            continue
+            if ignore_missing:
+                out.print(f"chain {n} is not deployed; nothing to do")
+                continue
+            err.print(f"error: chain {n} is not deployed, so there is nothing to undeploy; "
+                      f"`vnfchain ls` lists the deployed chains (--ignore-missing makes this exit 0)")
+            ctx.exit(1)
         for w in warnings:
             err.print(f"warning: {w}")
         out.print(f"undeployed chain [bold]{n}[/bold]")

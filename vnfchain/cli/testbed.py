@@ -1,6 +1,8 @@
 """``vnfchain testbed``: bring test beds up and down, list them, run commands in them."""
 from __future__ import annotations
 
+import os
+import shutil
 import subprocess
 import sys
 import time
@@ -147,6 +149,10 @@ def exec_(ctx, name, host, cmd):
         raise click.UsageError("give the command to run after HOST (and `--`)")
     tb = Testbed.attach(name)
     netns = tb.netns(host)
+    if "/" not in cmd[0] and shutil.which(cmd[0]) is None:
+        click.secho(f"error: {cmd[0]}: command not found (not on PATH: {os.environ.get('PATH', '')})",
+                    fg="red", err=True)
+        ctx.exit(127)        # as a shell says it
     try:
         proc = subprocess.run(["ip", "netns", "exec", netns, *cmd])
     except KeyboardInterrupt:
