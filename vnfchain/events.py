@@ -61,7 +61,7 @@ class EventReader:
         try:
             for f in dep.spec.functions:
                 pin = pins.get(f"{f.name}_{EVENTS_MAP}")
-                if pin and hasattr(f.ftype, "decode_event"):
+                if pin:
                     self._add(pin, f.name, f.ftype.decode_event)
         except OSError as exc:
             self.close()
@@ -74,10 +74,13 @@ class EventReader:
             raise VnfchainError(f"chain '{dep.name}' has no function that sends events (a dpi "
                                 f"function does: signatures or app rules with action: alert)")
 
-    def _add(self, pin: str, function: str, decode: Callable[[bytes], dict]) -> None:
+    def _add(self, pin: str, function: str, decode: Callable[[bytes], dict | None]) -> None:
         def sample(_ctx, data, size):
             try:
-                event = {"function": function, **decode(ctypes.string_at(data, size))}
+                decoded = decode(ctypes.string_at(data, size))
+                if decoded is None:     # a record its type does not show
+                    return 0
+                event = {"function": function, **decoded}
                 event["time"] = monotonic_to_wall(event["ktime_ns"])
                 self._pending.append(event)
             except BaseException as exc:   # never let an exception unwind through libbpf

@@ -4,12 +4,12 @@ in atomically. State maps and counters survive; a failed change changes nothing.
 from __future__ import annotations
 
 import pytest
-from scapy.layers.inet import IP, TCP
+from scapy.layers.inet import IP, TCP, UDP
 from scapy.layers.l2 import Ether
 
 from vnfchain import Chain, DeployError
 from vnfchain.chain import deploy as deploy_mod
-from tests.chain_fixtures import chain_name
+from tests.chain_fixtures import chain_name, not_compiling
 
 pytestmark = pytest.mark.root
 
@@ -19,7 +19,7 @@ mode: {mode}
 functions:
   steer:
     type: classify
-    rules: [{{proto: tcp, dport: {port}, label: web}}]
+    rules: [{{proto: tcp, dport: {port}, label: web}}{more}]
     next: {{web: web, default: tail}}
   web: {{type: counter, next: tail}}
   tail: {{type: counter, verdict: {verdict}}}
@@ -45,7 +45,7 @@ def chain(deployed):  # deployed: skips without root/BCC
     name = chain_name("live")
 
     def change(template=BASE, **kw):
-        values = dict(name=name, mode="tailcall", port=80, verdict="continue")
+        values = dict(name=name, mode="tailcall", port=80, verdict="continue", more="")
         values.update(kw)
         return Chain.from_yaml_text(template.format(**values)).deploy(attach=[])
 
@@ -67,12 +67,27 @@ def test_config_change_updates_maps_and_keeps_programs(chain):
     assert visits(dep, tcp(80)) == ("XDP_PASS", ["steer", "web", "tail"])
     ids, web_before = prog_ids(dep), dep.stats()["web"]["tcp_packets"]
 
-    dep = chain(port=443)
+    with not_compiling():
+        dep = chain(port=443)
     assert dep.last_change == "config"
     assert prog_ids(dep) == ids                        # no program was replaced
     assert visits(dep, tcp(80)) == ("XDP_PASS", ["steer", "tail"])
     assert visits(dep, tcp(443)) == ("XDP_PASS", ["steer", "web", "tail"])
     assert dep.stats()["web"]["tcp_packets"] == web_before + 1   # state kept
+
+
+def test_a_counters_verdict_is_config(chain):
+    dep = chain()
+    dep.run(tcp(22))
+    ids, tail_seen = prog_ids(dep), dep.stats()["tail"]
+
+    with not_compiling():
+        dep = chain(verdict="drop")
+    assert dep.last_change == "config" and prog_ids(dep) == ids
+    assert dep.run(tcp(22)).action == "XDP_DROP"
+    assert dep.stats()["tail"]["tcp_packets"] == tail_seen["tcp_packets"] + 1
+    with not_compiling():
+        assert chain(verdict="continue").run(tcp(22)).action == "XDP_PASS"
 
 
 def test_code_change_swaps_only_that_functions_slot(chain):
@@ -81,16 +96,20 @@ def test_code_change_swaps_only_that_functions_slot(chain):
     (entry, fns), tail_seen = prog_ids(dep), dep.stats()["tail"]
     maps = dict(dep.record.maps)
 
-    dep = chain(verdict="drop")
+    # 41 rules outgrow the room the rules map was made with: a new map size is steer's code
+    dep = chain(more="".join(f", {{proto: udp, dport: {port}, label: web}}" for port in range(1, 41)))
     assert dep.last_change == "code"
     new_entry, new_fns = prog_ids(dep)
-    assert new_entry == entry and new_fns["steer"] == fns["steer"] and new_fns["web"] == fns["web"]
-    assert new_fns["tail"] != fns["tail"]
-    assert dep.run(tcp(22)).action == "XDP_DROP"
-    stats = dep.stats()["tail"]
-    assert stats["rx_packets"] == tail_seen["rx_packets"] + 1    # same counters
-    assert stats["tcp_packets"] == tail_seen["tcp_packets"] + 1  # same state map
-    assert dep.record.maps == maps
+    assert new_entry == entry and new_fns["tail"] == fns["tail"] and new_fns["web"] == fns["web"]
+    assert new_fns["steer"] != fns["steer"]
+    assert dep.run(tcp(22)).action == "XDP_PASS"
+    assert dep.run(Ether() / IP(src="198.18.1.2", dst="198.18.2.2") / UDP(dport=40)).action == "XDP_PASS"
+    stats = dep.stats()
+    assert stats["tail"]["rx_packets"] == tail_seen["rx_packets"] + 2    # same counters
+    assert stats["tail"]["tcp_packets"] == tail_seen["tcp_packets"] + 1  # same state map
+    assert stats["web"]["udp_packets"] == 1                              # the new rules hold
+    assert {k: v for k, v in dep.record.maps.items() if k != "steer_rules"} == \
+        {k: v for k, v in maps.items() if k != "steer_rules"}
 
 
 def test_topology_change_builds_a_new_generation_and_carries_counters(chain):

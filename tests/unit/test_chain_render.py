@@ -239,7 +239,8 @@ def test_pins_live_under_the_chain_pin_dir():
     c = chain("example")
     (unit,) = render(c.spec, PINS, "tailcall", generation=3)
     assert f'#define VC_GEN_DIR "{PINS}/g3"\n' in unit.source
-    assert set(unit.map_pins) == {"ingress_by_proto", "steer_rules", "web_by_proto", "out_egress"}
+    assert set(unit.map_pins) == {"ingress_cfg", "ingress_by_proto", "steer_rules", "web_cfg", "web_by_proto",
+                                  "out_egress"}
     for name, path in unit.map_pins.items():
         assert re.fullmatch(rf"{PINS}/maps/{name}-[0-9a-f]{{8}}", path), path
         assert f'#define VC_PIN_{name} "{path}"\n' in unit.source
@@ -259,14 +260,16 @@ def test_sections_change_only_where_the_code_changes():
     base = chain("example")
     (before,) = render(base.spec, PINS, "tailcall")
     assert set(before.sections) == {"(prelude)", "(entry)", "ingress", "steer", "web", "out"}
-    recounted = Chain.from_yaml_text(CHAINS["example"].replace(
-        "  web:\n    type: counter\n", "  web:\n    type: counter\n    verdict: pass\n"))
-    (after,) = render(recounted.spec, PINS, "tailcall")
+    many = "".join(f"      - {{proto: udp, dport: {port}, label: web}}\n" for port in range(1, 41))
+    regrown = Chain.from_yaml_text(CHAINS["example"].replace("    rules:\n", "    rules:\n" + many))
+    (after,) = render(regrown.spec, PINS, "tailcall")
     changed = {k for k in before.sections if before.sections[k] != after.sections[k]}
-    assert changed == {"web"}
-    rerouted = Chain.from_yaml_text(CHAINS["example"].replace("dport: 8080", "dport: 8443"))
-    (same,) = render(rerouted.spec, PINS, "tailcall")
-    assert same.sections == before.sections       # a rule is map content, not code
+    assert changed == {"steer"}                   # 42 rules outgrow the rules map: a new map size
+    for edit in (("dport: 8080", "dport: 8443"),
+                 ("  web:\n    type: counter\n", "  web:\n    type: counter\n    verdict: pass\n")):
+        edited = Chain.from_yaml_text(CHAINS["example"].replace(*edit))
+        (same,) = render(edited.spec, PINS, "tailcall")
+        assert same.sections == before.sections   # a rule, a verdict: map content, not code
 
 
 def test_render_is_deterministic():

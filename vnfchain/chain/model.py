@@ -13,6 +13,7 @@ import networkx as nx
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from .. import functions, pitfalls
+from ..contract import FunctionType
 from ..errors import SpecError, SpecErrors
 from ..names import InterfaceName, NetnsName
 from ..spec_errors import spec_errors
@@ -58,7 +59,7 @@ class FunctionSpec:
     next: tuple[tuple[str, str], ...]    # (label, successor); label "default" for plain next
 
     @property
-    def ftype(self) -> functions.FunctionType:
+    def ftype(self) -> FunctionType:
         return functions.get(self.type)
 
     @property

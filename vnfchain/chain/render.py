@@ -11,9 +11,10 @@ Pins are laid out for live change:
     <chain>/maps/      <fn>_<map>-<fingerprint>  (function state, kept across
                        generations while the map's definition stays the same)
 
-A map's fingerprint hashes its kind, size and the C definitions of its key and
-value, so an upgrade that keeps a map's layout keeps the map (and the flows in
-it), and one that changes it gets a fresh map instead of a mismatched one.
+A map's fingerprint hashes its kind, size and the layouts of its key and value
+(vnfchain/layout.py: fields, types and nested structs, not comments), so an
+upgrade that keeps a map's layout keeps the map (and the flows in it), and one
+that changes it gets a fresh map instead of a mismatched one.
 """
 from __future__ import annotations
 
@@ -25,8 +26,9 @@ from pathlib import Path
 
 import jinja2
 
+from ..contract import RenderContext
 from ..errors import RenderError
-from ..functions import REGISTRY, RenderContext
+from ..functions import REGISTRY
 from .model import ChainSpec, FunctionSpec
 from .verdicts import CounterLayout, all_reasons
 
@@ -149,9 +151,9 @@ def _body(spec: ChainSpec, f: FunctionSpec, pin_dir: str, map_pins: dict[str, st
     ctx = context_for(spec, f)
     variables = dict(ftype.template_vars(f.params, ctx))
     variables.update(p=f.name, maps={m.name: m.max_entries for m in ftype.maps(f.params)},
-                     labels=spec.labels, params=f.params)
+                     structs=ftype.c_structs(f.params, f.name), labels=spec.labels, params=f.params)
     body = _template(ftype.template).render(**variables).rstrip() + "\n"
-    pins = _map_pins(body, pin_dir)
+    pins = _map_pins(body, pin_dir, _definitions(ftype.structs(f.params), f.name))
     map_pins.update(pins)
     defines = "".join(f'#define VC_PIN_{name} "{path}"\n' for name, path in pins.items())
     return defines + body
@@ -161,12 +163,17 @@ _VC_MAP = re.compile(r'VC_MAP(?:_F)?\(\s*"(\w+)"\s*,\s*([^,]+?)\s*,\s*([^,]+?)\s
 _VC_RINGBUF = re.compile(r"VC_RINGBUF\(\s*(\w+)\s*,\s*([^)]+?)\s*\)")
 
 
-def _map_pins(body: str, pin_dir: str) -> dict[str, str]:
+def _definitions(layouts, prefix: str) -> dict[str, str]:
+    """C type as the template spells it -> the layout's definition."""
+    return {s.c_type(prefix): s.definition() for layout in layouts for s in layout.structs()}
+
+
+def _map_pins(body: str, pin_dir: str, definitions: dict[str, str]) -> dict[str, str]:
     """Pin path of every map the body declares, named by its definition's fingerprint."""
     pins = {}
     macros = dict(re.findall(r"^#define\s+(\w+)\s+(.+?)\s*$", body, re.M))
     for kind, key, value, name, size in _VC_MAP.findall(body):
-        definition = "|".join([kind, _type_text(body, key), _type_text(body, value), size])
+        definition = "|".join([kind, _type_text(key, definitions, name), _type_text(value, definitions, name), size])
         pins[name] = f"{pin_dir}/maps/{name}-{_digest(_expand(definition, macros))[:8]}"
     for name, size in _VC_RINGBUF.findall(body):
         pins[name] = f"{pin_dir}/maps/{name}-{_digest(_expand(f'ringbuf|{size}', macros))[:8]}"
@@ -181,13 +188,15 @@ def _expand(text: str, macros: dict[str, str]) -> str:
     return text
 
 
-def _type_text(body: str, ctype: str) -> str:
-    """A struct's definition from the body (its layout), or the type name itself."""
-    m = re.fullmatch(r"struct\s+(\w+)", ctype)
-    if not m:
+def _type_text(ctype: str, definitions: dict[str, str], map_name: str) -> str:
+    """A struct's layout (its definition), or the scalar type's name itself."""
+    if not ctype.startswith("struct"):
         return ctype
-    found = re.search(rf"struct\s+{m.group(1)}\s*\{{[^}}]*\}}\s*;", body)
-    return re.sub(r"\s+", " ", found.group(0)) if found else ctype
+    ctype = re.sub(r"\s+", " ", ctype)
+    if ctype not in definitions:
+        raise RenderError(f"map {map_name} is declared with {ctype}, which is not a layout of the function "
+                          f"type's maps(); declare it there (vnfchain/layout.py)")
+    return definitions[ctype]
 
 
 def _template(name: str) -> jinja2.Template:

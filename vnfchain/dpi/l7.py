@@ -21,7 +21,9 @@ import re
 from dataclasses import dataclass
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
+
+from ..contract import Params
 
 NAME_MAX = 64          # name bytes the kernel compares (the *last* 64 of longer names)
 HTTP_LEADING = 1024    # CR and LF bytes skipped before a request line (RFC 9112 2.2)
@@ -73,11 +75,7 @@ def check_pattern(pattern: str) -> str:
     return p
 
 
-class AppRule(BaseModel):
-    # as functions.base.Params, which this module cannot import: the function
-    # types import it while the registry is being built
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
+class AppRule(Params):
     app: Literal["http", "tls", "dns"] = Field(description="http (request line, Host), tls (ClientHello SNI), dns (UDP/53 query)")
     host: str | None = Field(None, description="http: Host header, a name or *.domain (case-insensitive)")
     sni: str | None = Field(None, description="tls: server name indication, a name or *.domain")
@@ -145,15 +143,14 @@ def trie_entries(rules: list[AppRule]) -> dict[bytes, int]:
     return {key: sum(mask for other, mask in own.items() if key.startswith(other)) for key in own}
 
 
-def byte_classes() -> bytes:
-    """The kernel's struct vc_l7_classes: each byte's class bits (u16), then
-    each byte lowercased (ASCII letters only)."""
+def byte_classes() -> dict:
+    """The kernel's struct vc_l7_classes: each byte's class bits (``of``), and
+    each byte lowercased (``lower``, ASCII letters only)."""
     bits = [0] * 256
     for i, members in enumerate(BYTE_CLASSES.values()):
         for c in members:
             bits[c] |= 1 << i
-    return (b"".join(b.to_bytes(2, "little") for b in bits)
-            + bytes(c | 0x20 if 0x41 <= c <= 0x5A else c for c in range(256)))
+    return {"of": bits, "lower": bytes(c | 0x20 if 0x41 <= c <= 0x5A else c for c in range(256))}
 
 
 def method_masks(rules: list[AppRule]) -> dict[bytes, int]:

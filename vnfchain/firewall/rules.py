@@ -13,7 +13,7 @@ from typing import Literal, Union
 
 from pydantic import Field, ValidationInfo, field_serializer, field_validator, model_validator
 
-from ..functions.base import Params
+from ..contract import Params
 from ..names import InterfaceName
 
 PROTO_NAMES = {"icmp": 1, "tcp": 6, "udp": 17, "icmpv6": 58}

@@ -1,20 +1,19 @@
-"""Function types, found by looking: every module in this package that defines a
-``FunctionType`` subclass with a ``name`` registers it. Adding a type is one
-module here and one template in templates/bpf/ — nothing else changes."""
+"""Function types, found by looking: every module (or package) in this package
+that defines a ``FunctionType`` subclass with a ``name`` registers it. Adding a
+type is one module here and one template in templates/bpf/ — nothing else
+changes. What a type declares is vnfchain/contract.py."""
 from __future__ import annotations
 
 import importlib
 import inspect
 import pkgutil
 
-from .base import FunctionType, MapSpec, Params, RenderContext
+from ..contract import FunctionType
 
 
 def _discover() -> dict[str, FunctionType]:
     found: dict[str, FunctionType] = {}
     for module_info in pkgutil.iter_modules(__path__):
-        if module_info.name == "base":
-            continue
         module = importlib.import_module(f"{__name__}.{module_info.name}")
         for _, cls in inspect.getmembers(module, inspect.isclass):
             if issubclass(cls, FunctionType) and cls.__module__ == module.__name__ and "name" in vars(cls):
@@ -29,4 +28,4 @@ def get(name: str) -> FunctionType | None:
     return REGISTRY.get(name)
 
 
-__all__ = ["REGISTRY", "get", "FunctionType", "MapSpec", "Params", "RenderContext"]
+__all__ = ["REGISTRY", "get"]

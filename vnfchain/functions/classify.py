@@ -11,9 +11,16 @@ from typing import Literal
 
 from pydantic import Field, field_validator
 
-from .base import FunctionType, MapSpec, Params, headroom, replace_contents
+from ..contract import FunctionType, MapSpec, Params, headroom, replace_contents
+from ..layout import BE16, U8, U32, Member, Struct
 
 PROTOS = {"icmp": 1, "tcp": 6, "udp": 17, "icmpv6": 58}
+
+KEY = Struct("key", "(IP protocol, destination port) of a rule; port 0 = any port", [
+    Member("proto", U8),
+    Member("pad", U8),
+    Member("dport", BE16),
+])
 
 
 class ClassifyRule(Params):
@@ -42,20 +49,16 @@ class Classify(FunctionType):
     Params = ClassifyParams
 
     def maps(self, params):
-        return [MapSpec("rules", "hash", headroom(len(params.rules)),
+        return [MapSpec("rules", "hash", headroom(len(params.rules)), KEY, U32,
                         "(protocol, destination port) -> label id")]
 
     def labels(self, params):
         return {r.label for r in params.rules}
 
     def populate(self, tables, params, ctx):
-        table = tables["rules"]
         wanted = {}
         for rule in params.rules:  # the first rule wins on duplicates
-            wanted.setdefault((PROTOS[rule.proto], _be16(rule.dport or 0)), ctx.label_ids[rule.label])
-        replace_contents(table, [(table.Key(proto=p, dport=d), table.Leaf(label))
-                                 for (p, d), label in wanted.items()])
-
-
-def _be16(port: int) -> int:
-    return ((port & 0xFF) << 8) | (port >> 8)
+            wanted.setdefault(KEY.pack({"proto": PROTOS[rule.proto], "dport": rule.dport or 0}),
+                              U32.pack(ctx.label_ids[rule.label]))
+        with tables.open("rules") as table:
+            replace_contents(table, list(wanted.items()))

@@ -8,7 +8,9 @@ not O(rules): each field's lookup yields a bit vector of candidate rules, the
 vectors are ANDed and the lowest set bit wins (vnfchain/firewall/lbvs.py).
 
 A rule change is a map update: the new ruleset is written beside the running
-one and switched in with one word, so no packet sees half of each.
+one and switched in with one word, so no packet sees half of each. So is a
+change of default, unparsed, non_ip or the conntrack timeouts; turning
+conntrack on or off and max_flows / max_unconfirmed change the program.
 Connection tracking here is the firewall's own tables; the NAT keeps its own
 translations (a NAT before or after the firewall sees other tuples).
 
@@ -73,7 +75,7 @@ ct_out_of_window, ct_rst_in_window and ct_rst_closed.
 """
 from __future__ import annotations
 
-import ctypes
+import contextlib
 import hashlib
 import json
 import math
@@ -82,15 +84,16 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from .. import bpfsys
+from ..chain.verdicts import LABEL_BASE, VERDICTS
+from ..contract import FunctionType, MapSpec, Params, headroom, max_unconfirmed_field, unconfirmed_room, write_array
 from ..firewall import conntrack as ct_model
 from ..firewall.lbvs import FIELDS, NOT_ICMP, NOT_TCP, NO_PORT, compile_rules
 from ..firewall.rules import CT_STATES, Rule
-from .base import FunctionType, MapSpec, Params, headroom, max_unconfirmed_field, unconfirmed_room, write_array
+from ..layout import BE16, BE32, S32, U8, U16, U32, U64, Member, Struct, pack_percpu, unpack_percpu
 
-VERDICT = {"allow": 0, "drop": 1}   # VC_CONTINUE, VC_DROP
+VERDICT = {"allow": VERDICTS.index("continue"), "drop": VERDICTS.index("drop")}
 SHADOW_CHECK_LIMIT = 2000
 FRAGMENTS = 4096   # fragmented datagrams whose later fragments can follow their first
-LABEL_BASE = 16
 
 
 class Timeouts(Params):
@@ -158,6 +161,117 @@ def prefixes(params, field: str, family: int) -> int:
     return len({n for r in params.rules for n in (getattr(r, field) or []) if n.version == family})
 
 
+def bits_layout(params) -> Struct:
+    return Struct("bits", "candidate rules: bit i of w set when rule i accepts the field's value", [
+        Member("summary", U64, "bit j set when w[j] is not zero: only words every field has candidates in "
+                               "are ANDed", count=summary_words(params)),
+        Member("w", U64, "rounded up to a power of two: a masked index always lands inside",
+               count=words_alloc(params)),
+    ])
+
+
+# version and family bytes first, so that each ruleset version and each family
+# is its own subtree of one trie (one map per field keeps the verifier from
+# walking every IPv4/IPv6 combination separately)
+LPM = Struct("lpm", "address prefix of a version's rules", [
+    Member("prefixlen", U32, "16 + the address prefix length"),
+    Member("version", U8, "ruleset version"),
+    Member("family", U8, "4 or 6"),
+    Member("addr", U8, "IPv4 in the first 4 bytes", count=16),
+], packed=True)
+IIF_KEY = Struct("iif_key", "ingress interface of a version's rules", [
+    Member("version", U32),
+    Member("ifindex", U32, "0: any interface no rule names"),
+])
+VERSION = Struct("version", "per ruleset version: which fields some rule constrains, and the verdicts "
+                            "of what no rule decides", [
+    Member("used", U32, "bit per field, FW_F_*"),
+    Member("nrules", U32),
+    Member("default_verdict", U32, "what no rule matches gets"),
+    Member("hash", U32, "of the compiled ruleset: an unchanged one is not rewritten"),
+    Member("unparsed_verdict", U32, "what frames the parser could not classify get"),
+    Member("non_ip_verdict", U32, "what frames that are not IP get"),
+])
+TIMEOUTS = Struct("timeouts", "conntrack timeouts, ns", [
+    Member("unreplied", U64, "an unconfirmed TCP flow"),
+    Member("established", U64),
+    Member("closing", U64, "after FIN both ways"),
+    Member("udp", U64, "an unconfirmed UDP flow"),
+    Member("icmp", U64, "an ICMP echo flow"),
+])
+CFG = Struct("cfg", "the active ruleset version, both versions, and conntrack's timeouts", [
+    Member("active", U32, "the version packets use"),
+    Member("initialized", U32),
+    Member("v", VERSION, count=2),
+    Member("timeouts", TIMEOUTS),
+])
+ACTION = Struct("action", "rule i of version v at v * RULES + i", [
+    Member("verdict", S32, "VC_*, or VC_LABEL(id) for goto"),
+])
+FLOW = Struct("flow", "a flow, in the direction of its first packet", [
+    Member("saddr", BE32, count=4),
+    Member("daddr", BE32, count=4),
+    Member("sport", BE16, "ICMP echo: the identifier, both ways"),
+    Member("dport", BE16),
+    Member("proto", U8),
+    Member("pad", U8, count=3),
+])
+TCP_DIR = Struct("fw_tcp_dir", "what one side of a TCP flow has shown, sequence numbers in host order "
+                               "(nf_conntrack's ip_ct_tcp_state)", [
+    Member("end", U32, "seq + length of the furthest segment it sent: its next sequence number"),
+    Member("maxend", U32, "the furthest sequence number the other side allowed it: ack + window"),
+    Member("maxwin", U32, "the largest window it advertised, scaled"),
+    Member("maxack", U32, "the largest ack it sent: what it expects next (FW_DIR_ACKED)"),
+    Member("wscale", U8, "its window scale; 0 unless both SYNs carried the option"),
+    Member("flags", U8, "FW_DIR_*"),
+    Member("pad", U8, count=2),
+], shared=True)
+FLOW_STATE = Struct("flow_state", "a tracked flow", [
+    Member("last_seen", U64, "ns, bpf_ktime_get_ns"),
+    Member("replied", U8, "a reply was allowed: the flow is established"),
+    Member("fin", U8, "FW_FIN_ORIG | FW_FIN_REPLY"),
+    Member("pad", U8, count=6),
+    Member("tcp", TCP_DIR, "TCP: what each way has shown, the original way first", count=2),
+])
+FRAG_KEY = Struct("frag_key", "a fragmented datagram, keyed like the kernel's reassembly queue", [
+    Member("saddr", BE32, count=4),
+    Member("daddr", BE32, count=4),
+    Member("id", U32),
+    Member("proto", U8, "IPv4 only: IPv6 reassembles by addresses and id"),
+    Member("family", U8),
+    Member("pad", U8, count=2),
+])
+FRAG_VERDICT = Struct("frag_verdict", "a first fragment's verdict, which its later fragments follow", [
+    Member("seen", U64, "ns, bpf_ktime_get_ns"),
+    Member("verdict", S32),
+    Member("rule", U32, "the rule that decided, RULES for the default"),
+])
+TCP_SEG = Struct("fw_tcp_seg", "a TCP segment as conntrack reads it", [
+    Member("seq", U32),
+    Member("ack", U32),
+    Member("end", U32, "seq + payload, + 1 for SYN, + 1 for FIN"),
+    Member("win", U32, "as on the wire: not scaled"),
+    Member("opt_off", U16, "TCP options, from the packet's start, up to the payload"),
+    Member("opt_end", U16),
+    Member("flags", U8),
+    Member("pad", U8, count=3),
+], shared=True)
+CT = Struct("ct", "what conntrack learnt of a packet, carried from its state past the rules to its update", [
+    Member("key", FLOW, "the packet's tuple, and reversed", count=2),
+    Member("seg", TCP_SEG, "TCP"),
+    Member("now", U64),
+    Member("state", U32, "FW_CT_*: what the rules match"),
+    Member("found", U8, "the flow has an entry, in table"),
+    Member("table", U8, "FW_TABLE_*"),
+    Member("reply", U8, "the packet goes the flow's reply way: key[1] is the flow's"),
+    Member("change", U8, "FW_CHANGE_*: what the packet does to the flow if allowed"),
+    Member("confirm", U8, "the opener shows it got the answer: to the flows table"),
+    Member("wscale", U8, "a SYN's window scale option (FW_NO_WSCALE: none)"),
+    Member("pad", U8, count=6),
+])
+NS = 1_000_000_000
+
+
 class Firewall(FunctionType):
     name = "firewall"
     summary = "ordered ACL (CIDR, proto, ports, TCP flags, ICMP, iif, conntrack state) in O(fields)"
@@ -165,32 +279,38 @@ class Firewall(FunctionType):
     reasons = ("rule", "default_policy", "fragment")
 
     def maps(self, params):
-        w = words(params)
+        w, bits = words(params), bits_layout(params)
         lpm = {f: 2 * headroom(prefixes(params, f, 4) + prefixes(params, f, 6) + 2, 16)
                for f in ("src", "dst")}
-        specs = [MapSpec(name, "lpm_trie", size, "prefix -> candidate rules") for name, size in lpm.items()]
+        specs = [MapSpec("cfg", "array", 1, U32, CFG, "active version; per version: used fields, verdicts, hash; "
+                                                     "conntrack timeouts")]
+        specs += [MapSpec(name, "lpm_trie", size, LPM, bits, "prefix -> candidate rules") for name, size in lpm.items()]
         specs += [
-            MapSpec("cfg", "array", 1, "active version; per version: used fields, default, hash"),
-            MapSpec("proto", "array", 2 * 256, "protocol -> candidate rules"),
-            MapSpec("sport_class", "array", 2 * 65536, "source port -> interval class"),
-            MapSpec("dport_class", "array", 2 * 65536, "destination port -> interval class"),
-            MapSpec("sport_bits", "array", 2 * port_classes(params), "source port class -> candidate rules"),
-            MapSpec("dport_bits", "array", 2 * port_classes(params), "destination port class -> candidate rules"),
-            MapSpec("flags", "array", 2 * 257, "TCP flags byte -> candidate rules"),
-            MapSpec("icmp", "array", 2 * 257, "ICMP type -> candidate rules"),
-            MapSpec("iif", "hash", 2 * headroom(len({r.iif for r in params.rules}) + 1, 16),
+            MapSpec("proto", "array", 2 * 256, U32, bits, "protocol -> candidate rules"),
+            MapSpec("sport_class", "array", 2 * 65536, U32, U32, "source port -> interval class"),
+            MapSpec("dport_class", "array", 2 * 65536, U32, U32, "destination port -> interval class"),
+            MapSpec("sport_bits", "array", 2 * port_classes(params), U32, bits,
+                    "source port class -> candidate rules"),
+            MapSpec("dport_bits", "array", 2 * port_classes(params), U32, bits,
+                    "destination port class -> candidate rules"),
+            MapSpec("flags", "array", 2 * 257, U32, bits, "TCP flags byte -> candidate rules"),
+            MapSpec("icmp", "array", 2 * 257, U32, bits, "ICMP type -> candidate rules"),
+            MapSpec("iif", "hash", 2 * headroom(len({r.iif for r in params.rules}) + 1, 16), IIF_KEY, bits,
                     "(version, ifindex) -> candidate rules"),
-            MapSpec("ct_bits", "array", 2 * (len(CT_STATES) + 1), "conntrack state -> candidate rules"),
-            MapSpec("actions", "array", 2 * w * 64, "rule -> verdict"),
-            MapSpec("frags", "lru_hash", FRAGMENTS, "first fragment (src, dst, id; IPv4: proto) -> verdict"),
-            MapSpec("frag_drops", "lru_hash", FRAGMENTS, "condemned datagrams (src, dst, id; IPv4: proto)"),
-            MapSpec("hits", "percpu_array", w * 64 + 1, "packets per rule; the default's last"),
+            MapSpec("ct_bits", "array", 2 * (len(CT_STATES) + 1), U32, bits, "conntrack state -> candidate rules"),
+            MapSpec("actions", "array", 2 * w * 64, U32, ACTION, "rule -> verdict"),
+            MapSpec("hits", "percpu_array", w * 64 + 1, U32, U64, "packets per rule; the default's last"),
+            MapSpec("frags", "lru_hash", FRAGMENTS, FRAG_KEY, FRAG_VERDICT,
+                    "first fragment (src, dst, id; IPv4: proto) -> verdict"),
+            MapSpec("frag_drops", "lru_hash", FRAGMENTS, FRAG_KEY, FRAG_VERDICT,
+                    "condemned datagrams (src, dst, id; IPv4: proto)"),
         ]
         sizes = {"flows": params.max_flows, "unconfirmed": unconfirmed_room(params)}
-        specs += [MapSpec(table, "lru_hash", sizes[table] if params.conntrack else 1, help)
+        specs += [MapSpec(table, "lru_hash", sizes[table] if params.conntrack else 1, FLOW, FLOW_STATE, help)
                   for table, help in (("flows", "established flows"), ("unconfirmed", "flows not yet confirmed"))]
-        specs.append(MapSpec("ct_events", "percpu_array", ct_model.COUNTERS,
+        specs.append(MapSpec("ct_events", "percpu_array", ct_model.COUNTERS, U32, U64,
                              "packets conntrack refused or acted on; flows into and out of each table"))
+        specs.append(MapSpec("ct_notes", "percpu_array", 1, U32, CT, "this packet's conntrack notes"))
         return specs
 
     def labels(self, params):
@@ -203,8 +323,6 @@ class Firewall(FunctionType):
             "words_alloc": words_alloc(params),
             "port_classes": port_classes(params),
             "conntrack": int(params.conntrack),
-            "non_ip": "VC_CONTINUE" if params.non_ip == "allow" else "VC_DROP",
-            "timeouts": params.timeouts,
             "fw_defines": fw_defines(),
         }
 
@@ -270,11 +388,10 @@ def _adopt_flows(maps, events, table: str) -> None:
     unseen = entries - (went_in - taken_out)
     if unseen <= 0:
         return
-    key = ct_model.tally_index(table, "in").to_bytes(4, "little")
-    per_cpu = events.lookup(key)
-    first = int.from_bytes(per_cpu[0], "little") + unseen
-    stride = (events.value_size + 7) // 8 * 8
-    events.update(key, b"".join(v.ljust(stride, b"\0") for v in [first.to_bytes(8, "little")] + per_cpu[1:]))
+    key = U32.pack(ct_model.tally_index(table, "in"))
+    counts = unpack_percpu(U64, events.lookup(key))
+    counts[0] += unseen
+    events.update(key, pack_percpu(U64, counts))
 
 
 def _first_packets_only(params) -> list:
@@ -313,34 +430,44 @@ def fw_defines() -> list[tuple[str, int | str]]:
 class RulesetWriter:
     """Writes a ruleset into the idle version of the maps, then switches to it."""
 
+    MAPS = ("cfg", "src", "dst", "proto", "sport_class", "dport_class", "sport_bits", "dport_bits", "flags",
+            "icmp", "iif", "ct_bits", "actions", "hits")
+
     def __init__(self, tables, params, ctx):
-        self.t, self.params, self.ctx = tables, params, ctx
+        self.tables, self.params, self.ctx = tables, params, ctx
         self.words = words(params)
         self.port_classes = port_classes(params)
+        self.bits = bits_layout(params)
 
     def write(self) -> None:
-        cfg_table = self.t["cfg"]
-        cfg = cfg_table[cfg_table.Key(0)]
+        with contextlib.ExitStack() as stack:
+            self.t = {name: stack.enter_context(self.tables.open(name)) for name in self.MAPS}
+            self._write()
+
+    def _write(self) -> None:
+        cfg_map = self.t["cfg"]
+        cfg = CFG.unpack(cfg_map.lookup(U32.pack(0))[0])
+        cfg["v"] = list(cfg["v"])
+        # the timeouts first, whether the ruleset changed or not: no version holds them
+        cfg["timeouts"] = {name: seconds * NS for name, seconds in self.params.timeouts.model_dump().items()}
+        cfg_map.update(U32.pack(0), CFG.pack(cfg))
         self.ifindexes = {name: self.ctx.resolve_ifindex(name) if self.ctx.resolve_ifindex else None
                           for name in sorted({r.iif for r in self.params.rules if r.iif})}
         digest = self._digest()
-        if cfg.initialized and cfg.v[cfg.active & 1].hash == digest:
+        if cfg["initialized"] and cfg["v"][cfg["active"] & 1]["hash"] == digest:
             return  # this ruleset is already the running one
-        new = (1 - (cfg.active & 1)) if cfg.initialized else 0
+        new = (1 - (cfg["active"] & 1)) if cfg["initialized"] else 0
         c = compile_rules(self.params.rules, self.words)
         self._clear_hashed(new)   # whatever an interrupted earlier write left there
         self._fill(new, c)
-        ver = cfg.v[new]
-        ver.used = sum(1 << i for i, f in enumerate(FIELDS) if f in c.used)
-        ver.nrules = c.nrules
-        ver.default_verdict = VERDICT[self.params.default]
         unparsed = self.params.default if self.params.unparsed == "default" else self.params.unparsed
-        ver.unparsed_verdict = VERDICT[unparsed]
-        ver.hash = digest
-        cfg_table[cfg_table.Key(0)] = cfg        # the idle version is complete
-        cfg.active = new
-        cfg.initialized = 1
-        cfg_table[cfg_table.Key(0)] = cfg        # the switch
+        cfg["v"][new] = {
+            "used": sum(1 << i for i, f in enumerate(FIELDS) if f in c.used), "nrules": c.nrules,
+            "default_verdict": VERDICT[self.params.default], "hash": digest,
+            "unparsed_verdict": VERDICT[unparsed], "non_ip_verdict": VERDICT[self.params.non_ip]}
+        cfg_map.update(U32.pack(0), CFG.pack(cfg))        # the idle version is complete
+        cfg.update(active=new, initialized=1)
+        cfg_map.update(U32.pack(0), CFG.pack(cfg))        # the switch
         self._zero_hits()
 
     def _digest(self) -> int:
@@ -357,51 +484,46 @@ class RulesetWriter:
         for j in range(self.words):
             if (value >> (64 * j)) & 0xFFFFFFFFFFFFFFFF:
                 summary |= 1 << j
-        return (summary.to_bytes(summary_words(self.params) * 8, "little")
-                + value.to_bytes(words_alloc(self.params) * 8, "little"))
+        return self.bits.pack({"summary": summary.to_bytes(summary_words(self.params) * 8, "little"),
+                               "w": value.to_bytes(words_alloc(self.params) * 8, "little")})
 
     def _fill(self, v: int, c) -> None:
         t = self.t
         for name, table in (("src", c.src4 + c.src6), ("dst", c.dst4 + c.dst6)):
-            lpm = t[name]
             for net, bits in table:
-                key = lpm.Key(prefixlen=16 + net.prefixlen, version=v, family=net.version)
-                ctypes.memmove(ctypes.addressof(key) + 6, net.network_address.packed, len(net.network_address.packed))
-                lpm[key] = lpm.Leaf.from_buffer_copy(self._bits(bits))
+                t[name].update(LPM.pack({"prefixlen": 16 + net.prefixlen, "version": v, "family": net.version,
+                                         "addr": net.network_address.packed}), self._bits(bits))
         write_array(t["proto"], v * 256, [self._bits(b) for b in c.proto])
         for f in ("sport", "dport"):
             classes = getattr(c, f"{f}_class")
             bits = getattr(c, f"{f}_bits")
             if len(bits) > self.port_classes:
                 raise ValueError(f"{len(bits)} port classes exceed the map's {self.port_classes}")
-            write_array(t[f"{f}_class"], v * 65536, [x.to_bytes(4, "little") for x in classes])
+            write_array(t[f"{f}_class"], v * 65536, [U32.pack(x) for x in classes])
             write_array(t[f"{f}_bits"], v * self.port_classes, [self._bits(b) for b in bits])
         write_array(t["flags"], v * 257, [self._bits(b) for b in c.flags])
         write_array(t["icmp"], v * 257, [self._bits(b) for b in c.icmp])
         write_array(t["ct_bits"], v * (len(CT_STATES) + 1), [self._bits(b) for b in c.ct])
-        iif = t["iif"]
-        iif[iif.Key(version=v, ifindex=0)] = iif.Leaf.from_buffer_copy(self._bits(c.iif_other))
+        t["iif"].update(IIF_KEY.pack({"version": v, "ifindex": 0}), self._bits(c.iif_other))
         for name, bits in c.iif.items():
             index = self.ifindexes.get(name)
             if index:
-                iif[iif.Key(version=v, ifindex=index)] = iif.Leaf.from_buffer_copy(self._bits(bits))
+                t["iif"].update(IIF_KEY.pack({"version": v, "ifindex": index}), self._bits(bits))
         verdicts = [VERDICT[r.action] if r.action != "goto" else LABEL_BASE + self.ctx.label_ids[r.label]
                     for r in self.params.rules]
-        write_array(t["actions"], v * self.words * 64,
-                   [x.to_bytes(4, "little", signed=True) for x in verdicts])
+        write_array(t["actions"], v * self.words * 64, [ACTION.pack({"verdict": x}) for x in verdicts])
 
     def _clear_hashed(self, v: int) -> None:
         """Empty one version's prefix and interface entries (arrays are just
         overwritten). Done to the idle version before it is filled, not to the
         old one right after the switch: a packet on another CPU may still be
         reading the old version then."""
-        for name in ("src", "dst", "iif"):
+        for name, key_layout in (("src", LPM), ("dst", LPM), ("iif", IIF_KEY)):
             table = self.t[name]
             for key in list(table.keys()):
-                if key.version == v:
+                if key_layout.unpack(key)["version"] == v:
                     del table[key]
 
     def _zero_hits(self) -> None:
         n = self.words * 64 + 1
-        write_array(self.t["hits"], 0, [bytes(8 * bpfsys.possible_cpus())] * n)
-
+        write_array(self.t["hits"], 0, [pack_percpu(U64, [0] * bpfsys.possible_cpus())] * n)

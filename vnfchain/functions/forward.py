@@ -17,7 +17,8 @@ from pydantic import Field
 
 from ..errors import DeployError
 from ..names import InterfaceName
-from .base import FunctionType, MapSpec, Params
+from ..contract import FunctionType, MapSpec, Params
+from ..layout import U32
 
 
 class ForwardParams(Params):
@@ -33,14 +34,14 @@ class Forward(FunctionType):
     reasons = ("no_route",)
 
     def maps(self, params):
-        return [MapSpec("egress", "array", 1, "egress ifindex; 0 means look up the FIB")]
+        return [MapSpec("egress", "array", 1, U32, U32, "egress ifindex; 0 means look up the FIB")]
 
     def preflight(self, params, ctx):
         self._egress(params, ctx)
 
     def populate(self, tables, params, ctx):
-        table = tables["egress"]
-        table[table.Key(0)] = table.Leaf(self._egress(params, ctx))
+        with tables.open("egress") as egress:
+            egress.update(U32.pack(0), U32.pack(self._egress(params, ctx)))
 
     def _egress(self, params, ctx) -> int:
         if params.interface is None:

@@ -38,14 +38,15 @@ that sends a SYN and then an ACK confirms its flow; a UDP flow whose client
 sends once stays unconfirmed. Every TCP or UDP packet not to a VIP costs one
 more lookup (the unconfirmed flows' reply table) when a nat-mode service exists.
 
-Live changes to backends, weights, drains, modes and ``encap_src``/
-``encap_src6``/``icmp_echo`` are map updates (nothing is compiled): a new
+Live changes to backends, weights, drains, modes, ``encap_src``/
+``encap_src6``/``icmp_echo`` and the timeouts (``idle_timeout``,
+``unconfirmed_timeout``) are map updates (nothing is compiled): a new
 Maglev table is written into the idle half of the service's table and
 switched in with one map update. ``drain: true`` takes a backend out of the
 table (no new flows) while its flows continue; removing a backend moves its
 flows, others stay. A change that fails half-way writes the running config
 back. Edits that compile (the program is replaced live, flows stay on their
-backends): ``table_size``, ``idle_timeout``, and outgrowing the room the maps
+backends): ``table_size``, ``max_unconfirmed``, and outgrowing the room the maps
 were made with (services: 4, 8, 16 ...; backends in all: 16, 32, 64 ...) —
 then a new set of config maps is made for the new program, and per-backend
 counters start again. ``max_flows`` makes a new connection table: every flow
@@ -75,28 +76,94 @@ backends are all drained drops new flows (``lb_no_backend``).
 from __future__ import annotations
 
 import ipaddress
-import struct
 from dataclasses import dataclass
 from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
+from ..contract import FunctionType, MapSpec, Params, headroom, max_unconfirmed_field, unconfirmed_room, write_array
+from ..layout import BE16, BE32, U8, U16, U32, U64, Member, Struct
 from ..lb import maglev
-from .base import FunctionType, MapSpec, Params, headroom, max_unconfirmed_field, unconfirmed_room, write_array
 
 PROTOS = {"tcp": 6, "udp": 17}
 MODES = {"nat": 0, "dsr": 1, "ipip": 2}
 ACTIVE, DRAINING = 1, 2
 ECHO = 1
+NS = 1_000_000_000
 
 # addresses are 16 bytes, IPv4 in the first 4 (as in struct vc_meta), family 4 or 6 beside them
-VIP = struct.Struct("<16sB3x")           # struct vip: addr, family
-BE_KEY = struct.Struct("<20s16s2s2x")    # struct be_key: svc_key, addr, port
-SVC_KEY = struct.Struct("<16s2sBB")      # struct svc_key: vip, port (network order), proto, family
-SVC = struct.Struct("<IBBH")             # struct svc: id, version, mode
-BACKEND = struct.Struct("<16s2sBxI")     # struct backend: addr, port, flags, svc
-CFG = struct.Struct("<4sI16s")           # struct cfg: encap_src, has_nat, encap_src6
-U32 = struct.Struct("<I")
+VIP = Struct("vip", "a virtual IP", [
+    Member("addr", BE32, count=4),
+    Member("family", U8, "4 or 6"),
+    Member("pad", U8, count=3),
+])
+SVC_KEY = Struct("svc_key", "a service: VIP, port, protocol", [
+    Member("vip", BE32, count=4),
+    Member("port", BE16),
+    Member("proto", U8),
+    Member("family", U8),
+])
+SVC = Struct("svc", "a service's table and mode", [
+    Member("id", U32, "index of its two ring halves and of its counters"),
+    Member("version", U8, "the live half of its ring"),
+    Member("mode", U8, "NAT, DSR or IPIP"),
+    Member("pad", U16),
+])
+BACKEND = Struct("backend", "a backend of a service", [
+    Member("addr", BE32, "of the service's family", count=4),
+    Member("port", BE16, "nat mode: destination port at the backend"),
+    Member("flags", U8, "ACTIVE or DRAINING; 0: gone"),
+    Member("pad", U8),
+    Member("svc", U32, "the service it serves"),
+])
+TUPLE = Struct("tuple", "a flow as the client sent it, and a nat-mode reply as the backend sends it", [
+    Member("saddr", BE32, count=4),
+    Member("daddr", BE32, count=4),
+    Member("sport", BE16),
+    Member("dport", BE16),
+    Member("proto", U8),
+    Member("family", U8),
+    Member("pad", U8, count=2),
+])
+FLOW = Struct("flow", "a flow's backend: its id, and who that is (an id can change when the config maps "
+                      "are made anew, or be given to another backend later)", [
+    Member("last_seen", U64),
+    Member("backend", U32),
+    Member("port", BE16),
+    Member("pad", U16),
+    Member("addr", BE32, count=4),
+])
+BE_KEY = Struct("be_key", "who a backend is, to find its id again", [
+    Member("svc", SVC_KEY),
+    Member("addr", BE32, count=4),
+    Member("port", BE16),
+    Member("pad", U16),
+])
+PENDING = Struct("pending", "an unconfirmed flow: its backend, what confirming it takes, its ring slot", [
+    Member("flow", FLOW),
+    Member("isn", U32, "the backend's SYN-ACK sequence number, host order"),
+    Member("slot", U32),
+    Member("state", U8, "P_*"),
+    Member("syn", U8, "opened by a TCP SYN: only the handshake confirms it"),
+    Member("pad", U8, count=6),
+])
+REV = Struct("rev", "what a nat-mode reply's source becomes", [
+    Member("vip", BE32, count=4),
+    Member("port", BE16),
+    Member("pad", U16),
+])
+CFG = Struct("cfg", "settings of all services", [
+    Member("encap_src", BE32, "outer source address of ipip (IPv4)"),
+    Member("has_nat", U32, "any nat-mode service: replies need looking up"),
+    Member("encap_src6", BE32, "... and of IPv6 in IPv6", count=4),
+    Member("idle_ns", U64, "how long an idle flow keeps its backend"),
+    Member("unconfirmed_ns", U64, "... and an idle unconfirmed one"),
+])
+BSTATS = Struct("bstats", "what a backend got", [
+    Member("packets", U64),
+    Member("bytes", U64),
+    Member("flows", U64),
+])
 # the function's own counters, in the order of its counts map (rendered into C as <fn>_C_<NAME>)
 COUNTS = ("new_flows", "table_hits", "moved_flows", "replies", "echo_replies", "confirmed_flows",
           "evicted_unconfirmed")
@@ -143,8 +210,11 @@ class Service(Params):
     def label(self) -> str:
         return self.name or f"{_endpoint(self.vip, self.port)}/{self.proto}"
 
+    def key_fields(self) -> dict:
+        return {"vip": _addr16(self.vip), "port": self.port, "proto": PROTOS[self.proto], "family": self.vip.version}
+
     def key(self) -> bytes:
-        return SVC_KEY.pack(_addr16(self.vip), self.port.to_bytes(2, "big"), PROTOS[self.proto], self.vip.version)
+        return SVC_KEY.pack(self.key_fields())
 
 
 class LbParams(Params):
@@ -196,44 +266,43 @@ class LoadBalancer(FunctionType):
     summary = "L4 load balancer: Maglev hashing, weights, affinity, drain; nat, dsr and ipip modes (IPv4, IPv6)"
     Params = LbParams
     reasons = ("lb_no_backend", "lb_fragment", "lb_no_neighbor", "lb_encap_failed", "no_route")
-    pinned_populate = True
 
     def maps(self, params):
         svcs, backends = _caps(params)
         return [
-            MapSpec("cfg", "array", 1, "encap sources, whether replies need translating"),
-            MapSpec("vips", "hash", svcs, "virtual IPs -> flags"),
-            MapSpec("svcs", "hash", svcs, "VIP, port, protocol -> service id, live table half, mode"),
-            MapSpec("ring", "array", 2 * svcs * params.table_size,
+            MapSpec("cfg", "array", 1, U32, CFG, "encap sources, whether replies need translating, timeouts"),
+            MapSpec("vips", "hash", svcs, VIP, U32, "virtual IPs -> flags"),
+            MapSpec("svcs", "hash", svcs, SVC_KEY, SVC, "VIP, port, protocol -> service id, live table half, mode"),
+            MapSpec("ring", "array", 2 * svcs * params.table_size, U32, U32,
                     "two Maglev tables per service: the live one and the next"),
-            MapSpec("backends", "array", backends, "backend id -> address, port, state, service"),
-            MapSpec("beidx", "hash", backends, "service and backend address -> backend id"),
-            MapSpec("bstats", "percpu_array", backends, "packets, bytes, new flows per backend"),
-            MapSpec("flows", "lru_hash", params.max_flows, "connection table: client flow -> backend"),
-            MapSpec("rev", "lru_hash", 2 * params.max_flows, "nat mode: backend reply -> VIP and port"),
+            MapSpec("backends", "array", backends, U32, BACKEND, "backend id -> address, port, state, service"),
+            MapSpec("beidx", "hash", backends, BE_KEY, U32, "service and backend address -> backend id"),
+            MapSpec("bstats", "percpu_array", backends, U32, BSTATS, "packets, bytes, new flows per backend"),
+            MapSpec("flows", "lru_hash", params.max_flows, TUPLE, FLOW, "connection table: client flow -> backend"),
+            MapSpec("rev", "lru_hash", 2 * params.max_flows, TUPLE, REV, "nat mode: backend reply -> VIP and port"),
             # room for flows other CPUs are inserting while the ring evicts
-            MapSpec("pending", "hash", unconfirmed_room(params) + 64, "unconfirmed flows -> backend"),
-            MapSpec("pending_rev", "hash", unconfirmed_room(params) + 64,
+            MapSpec("pending", "hash", unconfirmed_room(params) + 64, TUPLE, PENDING, "unconfirmed flows -> backend"),
+            MapSpec("pending_rev", "hash", unconfirmed_room(params) + 64, TUPLE, REV,
                     "nat mode: an unconfirmed flow's backend reply -> VIP and port"),
-            MapSpec("newring", "array", unconfirmed_room(params),
+            MapSpec("newring", "array", unconfirmed_room(params), U32, TUPLE,
                     "unconfirmed flows in arrival order: the next slot's flow is evicted"),
-            MapSpec("newcursor", "array", 1, "next slot of the unconfirmed ring"),
-            MapSpec("counts", "percpu_array", 8, "function counters"),
+            MapSpec("newcursor", "array", 1, U32, U64, "next slot of the unconfirmed ring"),
+            MapSpec("counts", "percpu_array", 8, U32, U64, "function counters"),
         ]
 
     def template_vars(self, params, ctx):
         svcs, backends = _caps(params)
-        return {"table_size": params.table_size, "idle_timeout": params.idle_timeout,
-                "unconfirmed_timeout": min(params.unconfirmed_timeout, params.idle_timeout),
-                "max_unconfirmed": unconfirmed_room(params), "counts": COUNTS,
+        return {"table_size": params.table_size, "max_unconfirmed": unconfirmed_room(params), "counts": COUNTS,
                 "shape": f"{svcs}x{backends}x{params.table_size}"}
 
     def populate(self, tables, params, ctx):
         with tables.open("cfg") as cfg:
             # first: a new ipip or nat service must find its settings in place
-            cfg.update(U32.pack(0), CFG.pack((params.encap_src or ipaddress.IPv4Address(0)).packed,
-                                             int(any(s.mode == "nat" for s in params.services)),
-                                             (params.encap_src6 or ipaddress.IPv6Address(0)).packed))
+            cfg.update(U32.pack(0), CFG.pack({
+                "encap_src": int(params.encap_src or 0), "has_nat": int(any(s.mode == "nat" for s in params.services)),
+                "encap_src6": (params.encap_src6 or ipaddress.IPv6Address(0)).packed,
+                "idle_ns": params.idle_timeout * NS,
+                "unconfirmed_ns": min(params.unconfirmed_timeout, params.idle_timeout) * NS}))
         with tables.open("svcs") as svcs, tables.open("backends") as backends, tables.open("beidx") as beidx, \
                 tables.open("vips") as vips, tables.open("ring") as ring:
             _Writer(params, svcs, backends, beidx, vips, ring).write()
@@ -280,8 +349,8 @@ def _addr16(ip) -> bytes:
     return ip.packed.ljust(16, b"\0")
 
 
-def _port(svc: Service, b: Backend) -> bytes:
-    return (b.port or svc.port).to_bytes(2, "big")
+def _port(svc: Service, b: Backend) -> int:
+    return b.port or svc.port
 
 
 def _table(params, svc: Service, ids: list[int]) -> tuple[int, ...]:
@@ -313,12 +382,12 @@ class _Writer:
             if value:
                 old_svcs[key] = SVC.unpack(value[0])
         svc_ids = _keep_ids([s.key() for s in params.services],
-                            {k: v[0] for k, v in old_svcs.items() if v[0] < svc_cap}, svc_cap)
+                            {k: v["id"] for k, v in old_svcs.items() if v["id"] < svc_cap}, svc_cap)
         old_backends = {}
         for bid, value in enumerate(self.backends.read_array(0, self.backends.max_entries)):
-            addr, port, flags, svc = BACKEND.unpack(value)
-            if flags:
-                old_backends[(svc, addr, port)] = bid
+            entry = BACKEND.unpack(value)
+            if entry["flags"]:
+                old_backends[(entry["svc"], entry["addr"], entry["port"])] = bid
         ident = {(s.key(), b.ip, b.port or s.port): (svc_ids[s.key()], _addr16(b.ip), _port(s, b))
                  for s in params.services for b in s.backends}
         be_ids = _keep_ids(list(ident.values()), {k: v for k, v in old_backends.items() if v < be_cap}, be_cap)
@@ -332,15 +401,15 @@ class _Writer:
             for b in s.backends:
                 who = ident[(s.key(), b.ip, b.port or s.port)]
                 self.backends.update(U32.pack(be_ids[who]), BACKEND.pack(
-                    who[1], who[2], DRAINING if b.drain else ACTIVE, sid))
-                self.beidx.update(BE_KEY.pack(s.key(), who[1], who[2]), U32.pack(be_ids[who]))
+                    {"addr": who[1], "port": who[2], "flags": DRAINING if b.drain else ACTIVE, "svc": sid}))
+                self.beidx.update(_be_key(s, b), U32.pack(be_ids[who]))
         for s in params.services:
             sid = svc_ids[s.key()]
             old = old_svcs.get(s.key())
-            version = (old[1] ^ 1) & 1 if old and old[0] == sid else 0
+            version = (old["version"] ^ 1) & 1 if old and old["id"] == sid else 0
             write_array(self.ring, (sid * 2 + version) * params.table_size, [U32.pack(t) for t in tables[s.key()]])
-            self.svcs.update(s.key(), SVC.pack(sid, version, MODES[s.mode], 0))
-        vip_flags = {VIP.pack(_addr16(s.vip), s.vip.version): ECHO if params.icmp_echo else 0
+            self.svcs.update(s.key(), SVC.pack({"id": sid, "version": version, "mode": MODES[s.mode]}))
+        vip_flags = {VIP.pack({"addr": _addr16(s.vip), "family": s.vip.version}): ECHO if params.icmp_echo else 0
                      for s in params.services}
         for vip, flags in vip_flags.items():
             self.vips.update(vip, U32.pack(flags))
@@ -349,11 +418,15 @@ class _Writer:
             self.svcs.delete(key)
         for vip in set(self.vips.keys()) - set(vip_flags):
             self.vips.delete(vip)
-        wanted_idx = {BE_KEY.pack(s.key(), _addr16(b.ip), _port(s, b)) for s in params.services for b in s.backends}
+        wanted_idx = {_be_key(s, b) for s in params.services for b in s.backends}
         for key in set(self.beidx.keys()) - wanted_idx:
             self.beidx.delete(key)
         for bid in set(old_backends.values()) - set(be_ids.values()):
-            self.backends.update(U32.pack(bid), bytes(BACKEND.size))
+            self.backends.update(U32.pack(bid), BACKEND.pack())
+
+
+def _be_key(svc: Service, b: Backend) -> bytes:
+    return BE_KEY.pack({"svc": svc.key_fields(), "addr": _addr16(b.ip), "port": _port(svc, b)})
 
 
 def _keep_ids(wanted: list, old: dict, cap: int) -> dict:
@@ -386,18 +459,19 @@ def _backend_rows(maps, params, shares: bool = False):
             maps.open("ring") as ring:
         by_ident = {}
         for bid, value in enumerate(backends.read_array(0, backends.max_entries)):
-            addr, port, flags, svc = BACKEND.unpack(value)
-            if flags:
-                by_ident[(svc, addr, port)] = (bid, flags)
+            entry = BACKEND.unpack(value)
+            if entry["flags"]:
+                by_ident[(entry["svc"], entry["addr"], entry["port"])] = (bid, entry["flags"])
         for s in params.services:
             value = svcs.lookup(s.key())
             if not value:
                 continue
-            sid, version, _, _ = SVC.unpack(value[0])
+            svc = SVC.unpack(value[0])
+            sid = svc["id"]
             held = {}
             if shares:
                 size = params.table_size
-                table = [U32.unpack(v)[0] for v in ring.read_array((sid * 2 + version) * size, size)]
+                table = [U32.unpack(v) for v in ring.read_array((sid * 2 + svc["version"]) * size, size)]
                 held = maglev.shares(table)
             for b in s.backends:
                 found = by_ident.get((sid, _addr16(b.ip), _port(s, b)))

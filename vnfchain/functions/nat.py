@@ -50,19 +50,23 @@ reclaims the expired ones it passes there. When no port of the range is free
 for a destination, new flows are dropped (``nat_ports_exhausted``). A mapping
 whose halves disagree is never used. A port forward opens only on a TCP SYN
 (or any UDP datagram).
+
+A change of the rules, the outside interface or the timeouts is a map update
+(nothing compiled, flows kept); max_flows and max_unconfirmed change the
+program and make the flow tables anew.
 """
 from __future__ import annotations
 
 import ipaddress
-import struct
 import time
 from typing import Literal
 
 from pydantic import Field, field_validator
 
+from ..contract import FunctionType, MapSpec, Params, headroom, max_unconfirmed_field, replace_contents, unconfirmed_room
 from ..errors import DeployError
+from ..layout import BE16, BE32, U8, U16, U32, U64, Member, Struct
 from ..names import InterfaceName
-from .base import FunctionType, MapSpec, Params, headroom, max_unconfirmed_field, replace_contents, unconfirmed_room
 
 
 class SnatRule(Params):
@@ -120,9 +124,67 @@ class NatParams(Params):
 
 
 PROTOS = {"tcp": 6, "udp": 17, "icmp": 1}
-TUPLE = struct.Struct("<4s4s2s2sB3x")        # struct nat_tuple, fields in network order
-MAPPING = struct.Struct("<Q4s2sBx")         # the first 16 bytes of struct nat_mapping (and of nat_pending)
 STATES = {0: "unconfirmed", 1: "established", 2: "closing", 3: "replied"}
+NS = 1_000_000_000
+
+TUPLE = Struct("tuple", "one side's view of a flow", [
+    Member("saddr", BE32),
+    Member("daddr", BE32),
+    Member("sport", BE16),
+    Member("dport", BE16),
+    Member("proto", U8),
+    Member("pad", U8, count=3),
+])
+MAPPING = Struct("mapping", "where the flow's other view points: the NAT address and port for `out`, the "
+                            "inside address and port for `in`", [
+    Member("last_seen", U64),
+    Member("addr", BE32),
+    Member("port", BE16),
+    Member("state", U8, "NEW, ESTABLISHED, CLOSING or REPLIED"),
+    Member("seq_known", U8, "TCP: seq holds a sequence number the outside end may RST at"),
+    Member("seq", U32, "host order; inside view: the ack the inside end sent last; outside view: where the "
+                       "outside end's segments end, as far as the inside end's acks vouch for them"),
+    Member("pad", U32),
+])
+PENDING = Struct("pending", "an unconfirmed flow's view: its mapping first (code reading mappings reads both "
+                            "tables alike), what confirming it takes, its ring slot", [
+    Member("m", MAPPING),
+    Member("isn", U32, "TCP: the responder's SYN-ACK sequence number, host order"),
+    Member("slot", U32),
+    Member("from", U8, "FROM_INSIDE or FROM_OUTSIDE"),
+    Member("pad", U8, count=7),
+])
+PROTO_SLOTS = 32    # protocol number & (PROTO_SLOTS - 1) tells TCP, UDP and ICMP apart
+TIMEOUTS = Struct("timeouts", "idle timeouts, ns, by protocol number & PROTO_MASK", [
+    Member("confirmed", U64, "confirmed flows; TCP's slot: not established (closing)", count=PROTO_SLOTS),
+    Member("unconfirmed", U64, "the protocol's timeout, capped by timeouts.unconfirmed", count=PROTO_SLOTS),
+    Member("tcp_established", U64),
+])
+CFG = Struct("cfg", "the outside interface, the untranslatable policy and the timeouts", [
+    Member("outside_ifindex", U32),
+    Member("pass_untranslatable", U32, "1: let what cannot be translated leave as it is"),
+    Member("timeouts", TIMEOUTS),
+])
+SNAT_KEY = Struct("snat_key", "an inside network", [
+    Member("prefixlen", U32),
+    Member("addr", BE32),
+])
+SNAT = Struct("snat", "what an inside network is translated to", [
+    Member("to", BE32),
+    Member("port_lo", U16, "host order"),
+    Member("port_hi", U16),
+])
+DNAT_KEY = Struct("dnat_key", "a port forward's outside address and port", [
+    Member("addr", BE32),
+    Member("port", BE16, "0 for ICMP"),
+    Member("proto", U8),
+    Member("pad", U8),
+])
+DNAT = Struct("dnat", "where a port forward goes", [
+    Member("to", BE32),
+    Member("to_port", BE16),
+    Member("pad", U16),
+])
 # the function's own counters, in the order of its counts map (rendered into C as <fn>_C_<NAME>)
 COUNTS = ("new_snat_flows", "new_port_forward_flows", "confirmed_flows", "evicted_unconfirmed", "table_full")
 # where flows live (by their inside views): confirmed, unconfirmed
@@ -140,28 +202,27 @@ class Nat(FunctionType):
         # both sides' rings, and room for flows other CPUs are inserting while a ring evicts
         pending = 2 * unconfirmed + 128
         return [
-            MapSpec("cfg", "array", 1, "outside ifindex, untranslatable policy"),
-            MapSpec("snat", "lpm_trie", headroom(sum(len(_nets(r)) for r in params.snat) + 1, 16),
+            MapSpec("cfg", "array", 1, U32, CFG, "outside ifindex, untranslatable policy, timeouts"),
+            MapSpec("snat", "lpm_trie", headroom(sum(len(_nets(r)) for r in params.snat) + 1, 16), SNAT_KEY, SNAT,
                     "inside network -> address and port range"),
-            MapSpec("dnat", "hash", headroom(len(params.dnat) + 1, 16), "outside address:port -> inside"),
-            MapSpec("out", "hash", params.max_flows, "confirmed flows by their inside view"),
-            MapSpec("in", "hash", params.max_flows, "confirmed flows by their outside view"),
-            MapSpec("new_out", "hash", pending, "unconfirmed flows by their inside view"),
-            MapSpec("new_in", "hash", pending, "unconfirmed flows by their outside view"),
-            MapSpec("newring", "array", 2 * unconfirmed,
+            MapSpec("dnat", "hash", headroom(len(params.dnat) + 1, 16), DNAT_KEY, DNAT,
+                    "outside address:port -> inside"),
+            MapSpec("out", "hash", params.max_flows, TUPLE, MAPPING, "confirmed flows by their inside view"),
+            MapSpec("in", "hash", params.max_flows, TUPLE, MAPPING, "confirmed flows by their outside view"),
+            MapSpec("new_out", "hash", pending, TUPLE, PENDING, "unconfirmed flows by their inside view"),
+            MapSpec("new_in", "hash", pending, TUPLE, PENDING, "unconfirmed flows by their outside view"),
+            MapSpec("newring", "array", 2 * unconfirmed, U32, TUPLE,
                     "unconfirmed flows opened from each side in arrival order: the next slot's flow is evicted"),
-            MapSpec("newcursor", "array", 2, "next slot of each side's unconfirmed ring"),
-            MapSpec("ring", "array", 2 * params.max_flows,
+            MapSpec("newcursor", "array", 2, U32, U64, "next slot of each side's unconfirmed ring"),
+            MapSpec("ring", "array", 2 * params.max_flows, U32, TUPLE,
                     "recent confirmed flows, swept for expired ones as new ones come (twice the table: "
                     "half is always free)"),
-            MapSpec("cursor", "array", 1, "next ring slot"),
-            MapSpec("counts", "percpu_array", 8, "function counters"),
+            MapSpec("cursor", "array", 1, U32, U64, "next ring slot"),
+            MapSpec("counts", "percpu_array", 8, U32, U64, "function counters"),
         ]
 
     def template_vars(self, params, ctx):
-        t = params.timeouts
-        return {"timeouts": t, "max_unconfirmed": unconfirmed_room(params), "counts": COUNTS,
-                "unconfirmed": {proto: _timeout(t, PROTOS[proto], 0, unconfirmed=True) for proto in PROTOS}}
+        return {"max_unconfirmed": unconfirmed_room(params), "counts": COUNTS, "proto_mask": PROTO_SLOTS - 1}
 
     def preflight(self, params, ctx):
         self._outside(params, ctx)
@@ -177,25 +238,24 @@ class Nat(FunctionType):
     def populate(self, tables, params, ctx):
         outside = self._outside(params, ctx)
         address = self._outside_address(params, ctx)
-        cfg = tables["cfg"]
-        value = cfg[cfg.Key(0)]
-        value.outside_ifindex = outside
-        value.pass_untranslatable = int(params.untranslatable == "pass")
-        cfg[cfg.Key(0)] = value
-        snat = tables["snat"]
+        with tables.open("cfg") as cfg:
+            cfg.update(U32.pack(0), CFG.pack({
+                "outside_ifindex": outside, "pass_untranslatable": int(params.untranslatable == "pass"),
+                "timeouts": _timeouts(params.timeouts)}))
         wanted = []
         for rule in params.snat:
             to = address if rule.to == "masquerade" else rule.to
             lo, hi = rule.port_range()
             for net in _nets(rule):
-                key = snat.Key(prefixlen=net.prefixlen, addr=_be32(net.network_address))
-                wanted.append((key, snat.Leaf(to=_be32(to), port_lo=lo, port_hi=hi)))
-        replace_contents(snat, wanted)
-        dnat = tables["dnat"]
-        replace_contents(dnat, [
-            (dnat.Key(addr=_be32(rule.address or address), port=_be16(rule.port), proto=PROTOS[rule.proto]),
-             dnat.Leaf(to=_be32(rule.to), to_port=_be16(rule.to_port or rule.port)))
-            for rule in params.dnat])
+                wanted.append((SNAT_KEY.pack({"prefixlen": net.prefixlen, "addr": int(net.network_address)}),
+                               SNAT.pack({"to": int(to), "port_lo": lo, "port_hi": hi})))
+        with tables.open("snat") as snat:
+            replace_contents(snat, wanted)
+        with tables.open("dnat") as dnat:
+            replace_contents(dnat, [
+                (DNAT_KEY.pack({"addr": int(rule.address or address), "port": rule.port, "proto": PROTOS[rule.proto]}),
+                 DNAT.pack({"to": int(rule.to), "to_port": rule.to_port or rule.port}))
+                for rule in params.dnat])
 
     def _outside_address(self, params, ctx):
         needs = any(r.to == "masquerade" for r in params.snat) or any(r.address is None for r in params.dnat)
@@ -227,16 +287,28 @@ class Nat(FunctionType):
                     value = views.lookup(key)
                     if not value:
                         continue
-                    saddr, daddr, sport, dport, proto = TUPLE.unpack(key)
-                    last_seen, addr, port, state = MAPPING.unpack(value[0][:MAPPING.size])
-                    idle = (now - last_seen) / 1e9
-                    if idle > _timeout(params.timeouts, proto, state, unconfirmed=table != "out"):
+                    k = TUPLE.unpack(key)
+                    m = MAPPING.unpack(value[0][:MAPPING.size])   # a pending view starts with its mapping
+                    idle = (now - m["last_seen"]) / NS
+                    if idle > _timeout(params.timeouts, k["proto"], m["state"], unconfirmed=table != "out"):
                         continue
-                    name = {6: "tcp", 17: "udp", 1: "icmp"}.get(proto, str(proto))
-                    rows.append([name, _endpoint(saddr, sport), _endpoint(addr, port), _endpoint(daddr, dport),
-                                 STATES.get(state, str(state)), f"{idle:.0f} s"])
+                    name = {6: "tcp", 17: "udp", 1: "icmp"}.get(k["proto"], str(k["proto"]))
+                    rows.append([name, _endpoint(k["saddr"], k["sport"]), _endpoint(m["addr"], m["port"]),
+                                 _endpoint(k["daddr"], k["dport"]), STATES.get(m["state"], str(m["state"])),
+                                 f"{idle:.0f} s"])
         rows.sort()
         return ["proto", "inside", "translated", "remote", "state", "idle"], rows
+
+
+def _timeouts(t: NatTimeouts) -> dict:
+    """The data path's timeouts (struct timeouts), ns: a slot per protocol
+    number, the slots no protocol the NAT translates uses holding ICMP's."""
+    by_slot = {unconfirmed: [_timeout(t, PROTOS["icmp"], 0, unconfirmed) * NS] * PROTO_SLOTS
+               for unconfirmed in (False, True)}
+    for number in PROTOS.values():
+        for unconfirmed, slots in by_slot.items():
+            slots[number % PROTO_SLOTS] = _timeout(t, number, 0, unconfirmed) * NS
+    return {"confirmed": by_slot[False], "unconfirmed": by_slot[True], "tcp_established": t.tcp_established * NS}
 
 
 def _timeout(t: NatTimeouts, proto: int, state: int, unconfirmed: bool = False) -> int:
@@ -252,17 +324,8 @@ def _nets(rule: SnatRule) -> list[ipaddress.IPv4Network]:
     return rule.src if isinstance(rule.src, list) else [rule.src]
 
 
-def _be32(address) -> int:
-    return int.from_bytes(ipaddress.IPv4Address(address).packed, "little")
-
-
-def _be16(port: int) -> int:
-    return ((port & 0xFF) << 8) | (port >> 8)
-
-
-def _endpoint(addr: bytes, port: bytes) -> str:
-    p = int.from_bytes(port, "big")
-    return f"{ipaddress.IPv4Address(addr)}:{p}" if p else str(ipaddress.IPv4Address(addr))
+def _endpoint(addr: int, port: int) -> str:
+    return f"{ipaddress.IPv4Address(addr)}:{port}" if port else str(ipaddress.IPv4Address(addr))
 
 
 def _where(ctx) -> str:

@@ -1,39 +1,18 @@
 /* vc_firewall.h - helpers of the firewall template that touch no map: packet
  * predicates for classification and conntrack, TCP window tracking, and the
- * lowest-set-bit search. Needs the FW_* constants the firewall template
- * renders first (vnfchain/firewall/lbvs.py, conntrack.py). */
+ * lowest-set-bit search. Needs the FW_* constants and the structs
+ * fw_tcp_dir and fw_tcp_seg the firewall template renders first
+ * (vnfchain/firewall/lbvs.py, conntrack.py; the structs' layouts are
+ * declared in vnfchain/functions/firewall.py). */
 #ifndef VC_FIREWALL_H
 #define VC_FIREWALL_H
 
 #define FW_FIN_ORIG 1
 #define FW_FIN_REPLY 2
 
-/* what one side of a TCP flow has shown, sequence numbers in host order
- * (nf_conntrack's ip_ct_tcp_state) */
-struct fw_tcp_dir {
-	__u32 end;      /* seq + length of the furthest segment it sent: its next sequence number */
-	__u32 maxend;   /* the furthest sequence number the other side allowed it: ack + window */
-	__u32 maxwin;   /* the largest window it advertised, scaled */
-	__u32 maxack;   /* the largest ack it sent: what it expects next (FW_DIR_ACKED) */
-	__u8 wscale;    /* its window scale; 0 unless both SYNs carried the option */
-	__u8 flags;     /* FW_DIR_* */
-	__u8 pad[2];
-};
-
 #define FW_DIR_SEEN 1     /* its SYN (or SYN-ACK) was seen: the fields hold */
 #define FW_DIR_WSCALE 2   /* its SYN carried a window scale option */
 #define FW_DIR_ACKED 4    /* maxack holds an ack it sent */
-
-/* a TCP segment as conntrack reads it */
-struct fw_tcp_seg {
-	__u32 seq;
-	__u32 ack;
-	__u32 end;      /* seq + payload, + 1 for SYN, + 1 for FIN */
-	__u32 win;      /* as on the wire: not scaled */
-	__u16 opt_off;  /* TCP options, from the packet's start, up to the payload */
-	__u16 opt_end;
-	__u8 flags;
-};
 
 /* what an allowed packet does to its flow */
 #define FW_CHANGE_NONE 0

@@ -8,7 +8,10 @@
  * `unreadable` policy. Touches no map of its own: req must point into a map
  * value (see vc_l7_read). Every loop is bounded and every offset is checked
  * against VC_MAX_OFF before it meets a packet pointer. Needs from its
- * includer the VC_L7_* limits and causes that vnfchain/dpi/l7_maps.py renders. */
+ * includer the VC_L7_* limits and causes that
+ * vnfchain/functions/dpi/l7_maps.py renders, and the structs vc_l7_span,
+ * vc_l7_req and vc_l7_classes, whose layouts are declared in
+ * vnfchain/functions/dpi/layouts.py. */
 #ifndef VC_L7_H
 #define VC_L7_H
 
@@ -18,37 +21,15 @@
 #define VC_L7_CUT 0                 /* vc_l7_authority: the packet ends first */
 #define VC_L7_LONG 0xffffffffu      /* vc_l7_authority: longer than VC_L7_HOST_MAX */
 
-/* where a name lies in the packet */
-struct vc_l7_span {
-	__u32 off;
-	__u32 len;
-};
-
-/* the byte classes the parsers test (VC_L7_C_* bits), and each byte
- * lowercased: one load instead of a chain of comparisons, each of which the
- * verifier would walk both ways (vnfchain/dpi/l7.py byte_classes) */
-struct vc_l7_classes {
-	__u16 of[256];
-	__u8 lower[256];
-};
-
-/* what the parsers read of a request, and their scratch. It lives in map
- * memory: the verifier does not follow values through it, so the paths out of
- * a parsing loop (one per iteration, each with its own exact offsets) meet
- * again as one state instead of each walking the rest of the program. */
-struct vc_l7_req {
-	struct vc_l7_span name;     /* http: the first Host header's host; tls: the SNI; dns: see vc_l7_dns_query */
-	struct vc_l7_span target;   /* http: the host of an absolute- or authority-form target (len 0: none) */
-	struct vc_l7_span path;     /* http: the target's path, at most VC_L7_NAME_MAX bytes */
-	__u64 token;                /* http: the method and a space, little endian ("GET " -> 0x20544547) */
-	__u64 hosts;                /* http: all ones once a Host header line was seen */
-	__u64 dup;                  /* http: not 0 if there are two */
-	__u64 folded;               /* http: not 0 if a line is folded, or a Host has blanks before its colon */
-	__u32 cause;                /* VC_L7_<CAUSE>, or 0 */
-	__u32 slash;                /* http: the path is "/" and then path (an absolute-form target without one) */
-	/* scratch */
-	__u32 at, mark, cut, none, rest, start, end, authority, host_at, ended, userinfo;
-};
+/* struct vc_l7_classes: the byte classes the parsers test (VC_L7_C_* bits),
+ * and each byte lowercased: one load instead of a chain of comparisons, each
+ * of which the verifier would walk both ways.
+ *
+ * struct vc_l7_req: what the parsers read of a request, and their scratch. It
+ * lives in map memory: the verifier does not follow values through it, so the
+ * paths out of a parsing loop (one per iteration, each with its own exact
+ * offsets) meet again as one state instead of each walking the rest of the
+ * program. */
 
 /* a value read back from map memory, unknown to the verifier (see vc_l7_req) */
 #define vc_l7_read(x) (*(volatile __typeof__(x) *)&(x))

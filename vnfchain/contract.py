@@ -1,24 +1,35 @@
 """The contract of a function type.
 
-A function type is one module in ``vnfchain/functions/`` defining a subclass of
-``FunctionType`` plus one template ``templates/bpf/<type>.bpf.c.j2``. The class
-declares:
+A function type is one module (or package) in ``vnfchain/functions/`` defining
+a subclass of ``FunctionType``, plus one template
+``templates/bpf/<type>.bpf.c.j2``. The class declares:
 
 - ``Params``: a pydantic model of its YAML parameters (each field's description is
   the one-line help shown by ``vnfchain functions TYPE``);
-- ``maps(params)``: the BPF maps its template declares (pinned, sized from config);
+- ``maps(params)``: the BPF maps its template declares, each with its kind, size
+  (from config) and its key and value layouts (``vnfchain/layout.py``): the one
+  declaration both the C structs and the Python codecs come from;
 - ``labels(params)``: the branch labels its body can return;
-- ``template_vars(params, ctx)``: constants for its template;
-- ``populate(tables, params, ctx)``: how config becomes map contents;
+- ``template_vars(params, ctx)``: constants for its template (code and sizes:
+  what a user changes live belongs in a map, so that the change compiles nothing);
+- ``populate(tables, params, ctx)``: how config becomes map contents, written
+  through ``tables.open(name)`` (the pinned map) with the layouts' codecs;
 - ``reasons``: its drop reasons (counted per function);
-- ``read_counters(maps, params)``: its own counters for ``vnfchain stats``.
+- ``read_counters(maps, params)``: its own counters for ``vnfchain stats``;
+- optional hooks with defaults here: ``warnings``, ``preflight``, ``state_rows``,
+  ``decode_event``, ``structs``.
 
 The template renders a C body ``static __always_inline int {{p}}_body(struct
 xdp_md *ctx, struct vc_meta *meta)`` returning a verdict (VC_CONTINUE, VC_DROP,
 VC_PASS, VC_TX, VC_REDIRECT via ``vc_redirect``) or ``VC_LABEL(id)``; every
 top-level name it declares starts with ``{{p}}_`` so that several instances fit
-in one fused program. Maps are declared with ``VC_MAP(type, key, value, name,
-size)``, which pins them under the chain's directory.
+in one fused program. ``{{ structs }}`` renders the C definitions of its
+layouts (struct ``flow`` of the maps is ``struct {{p}}_flow``). Maps are
+declared with ``VC_MAP(type, key, value, name, size)``, which pins them under
+the chain's directory; a unit test holds them to ``maps()``.
+
+This module knows nothing of how types are found (``vnfchain/functions``
+discovers them), so the types and their helpers import it freely.
 """
 from __future__ import annotations
 
@@ -26,6 +37,8 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field
+
+from .layout import Layout, c_structs
 
 
 class Params(BaseModel):
@@ -39,8 +52,10 @@ class MapSpec:
     """A map a function template declares, as seen from Python."""
 
     name: str            # short name; the C name and pin are ``<function>_<name>``
-    kind: str            # BPF map type as BCC spells it: "hash", "array", "percpu_array", "lpm_trie"
-    max_entries: int
+    kind: str            # BPF map type as BCC spells it: "hash", "array", "percpu_array", "lpm_trie", "ringbuf"
+    max_entries: int     # a ring buffer's size in bytes
+    key: Layout | None   # None for a ring buffer, which has no key or value
+    value: Layout | None
     help: str = ""
 
 
@@ -63,9 +78,10 @@ class FunctionType:
     Params: ClassVar[type[Params]] = Params
     reasons: ClassVar[tuple[str, ...]] = ()
     counters: ClassVar[tuple[str, ...]] = ()
-    # populate() uses only tables.open(name) (the pinned maps, raw bytes), so a
-    # change of its parameters alone is applied without compiling anything
-    pinned_populate: ClassVar[bool] = False
+    # populate() uses only tables.open(name) (the pinned maps, written with the
+    # layouts' codecs), so a change of parameters alone compiles nothing. Every
+    # type does; deploy still reads the flag.
+    pinned_populate: ClassVar[bool] = True
 
     @property
     def template(self) -> str:
@@ -73,6 +89,15 @@ class FunctionType:
 
     def maps(self, params) -> list[MapSpec]:
         return []
+
+    def structs(self, params) -> list[Layout]:
+        """The layouts whose structs the template needs: its maps' keys and
+        values, and (override) a ring buffer's record."""
+        return [layout for m in self.maps(params) for layout in (m.key, m.value) if layout is not None]
+
+    def c_structs(self, params, prefix: str) -> str:
+        """``{{ structs }}`` of the template: every struct of ``structs()``."""
+        return c_structs(self.structs(params), prefix)
 
     def labels(self, params) -> set[str]:
         return set()
@@ -90,9 +115,10 @@ class FunctionType:
         before a live change touches anything."""
 
     def populate(self, tables, params, ctx: RenderContext) -> None:
-        """Make the maps hold what the config says; ``tables[name]`` is a BCC
-        table, ``tables.open(name)`` the pinned map (bpfsys.PinnedMap). Runs at deploy and again on every live change, on maps that may
-        already hold an older config (see ``replace_contents``)."""
+        """Make the maps hold what the config says, through ``tables.open(name)``
+        (the pinned map, a bpfsys.PinnedMap) and the maps' codecs. Runs at
+        deploy and again on every live change, without compiling, on maps that
+        may already hold an older config (see ``replace_contents``)."""
 
     def state_rows(self, maps, params) -> tuple[list[str], list[list[str]]] | None:
         """Live state worth listing in ``vnfchain status`` (columns, rows), e.g.
@@ -100,8 +126,14 @@ class FunctionType:
         return None
 
     def read_counters(self, maps, params) -> dict[str, int]:
-        """Own counters for ``stats``; ``maps.sum_percpu(name, key)`` etc."""
+        """Own counters for ``stats``; ``maps.open(name)`` is the pinned map."""
         return {}
+
+    def decode_event(self, raw: bytes) -> dict | None:
+        """One record of the ring buffer its template declares as
+        ``VC_RINGBUF({{p}}_events, size)``, as ``vnfchain events`` shows it;
+        None for a type that sends none."""
+        return None
 
 
 def max_unconfirmed_field(what: str):
@@ -126,23 +158,23 @@ def headroom(entries: int, floor: int = 64) -> int:
     return size
 
 
-def replace_contents(table, wanted: list[tuple]) -> None:
-    """Make a BCC hash table hold exactly the (key, value) pairs ``wanted``: write
-    the new entries first, then delete the stale ones, so a lookup never misses a
-    key both configs have."""
+def replace_contents(table, wanted: list[tuple[bytes, bytes]]) -> None:
+    """Make a pinned hash map hold exactly the (key, value) pairs ``wanted``:
+    write the new entries first, then delete the stale ones, so a lookup never
+    misses a key both configs have."""
     for key, value in wanted:
         table[key] = value
-    wanted_bytes = {bytes(k) for k, _ in wanted}
+    wanted_keys = {k for k, _ in wanted}
     for key in list(table.keys()):
-        if bytes(key) not in wanted_bytes:
+        if key not in wanted_keys:
             del table[key]
 
 
 def write_array(table, start: int, values: list[bytes]) -> None:
-    """Write consecutive entries of an array map (a BCC table) from ``start``,
-    in one batch syscall; each value is the entry's raw bytes (a per-CPU
-    map's value holds one slot per possible CPU)."""
-    from .. import bpfsys
+    """Write consecutive entries of a pinned array map from ``start``, in one
+    batch syscall; each value is the entry's bytes (a per-CPU map's value
+    holds one slot per possible CPU: ``layout.pack_percpu``)."""
+    from . import bpfsys
     if values:
         keys = b"".join((start + i).to_bytes(4, "little") for i in range(len(values)))
         bpfsys.update_batch(table.map_fd, keys, b"".join(values), len(values))

@@ -37,6 +37,9 @@ Config changes are atomic per packet: every config map holds two versions, a
 change writes the idle one and flips one word (ConfigWriter), which doubles
 the memory (10,000 signatures: two 32 MiB table values, 64 MiB). Counters are
 kept by signature / app rule id: a change keeps those of rules it keeps.
+max_scan and unparsed change the program (the scan's bounds; a drop path for
+unparsed frames in every dpi program would cost its verification 18-63% more
+instructions).
 
 App rules (``apps``) name an application and, optionally, what it asks for:
 ``http`` (``host``, ``method``, ``path`` prefix), ``tls`` (``sni``, from the
@@ -153,8 +156,6 @@ import hashlib
 import json
 import os
 import stat
-import struct
-from array import array
 from collections import Counter
 from dataclasses import dataclass
 from functools import cached_property, lru_cache
@@ -162,18 +163,20 @@ from typing import Literal
 
 from pydantic import Field, ValidationError, ValidationInfo, field_validator, model_validator
 
-from .. import bpfsys, yamlio
-from ..dpi import l7, l7_maps
-from ..dpi.automaton import Automaton, build, parse_content
-from ..dpi.rules import RuleError, rules
-from .base import FunctionType, MapSpec, Params, headroom, write_array
+from ... import bpfsys, yamlio
+from ...chain.verdicts import LABEL_BASE
+from ...contract import FunctionType, MapSpec, Params, headroom, write_array
+from ...dpi import l7
+from ...dpi.automaton import Automaton, build, parse_content
+from ...dpi.rules import RuleError, rules
+from ...layout import U32, U64, pack_percpu
+from . import l7_maps
+from .layouts import CFG, CLASSES, HEAD, MATCH, PROGRESS, SIG, UNUSED, VERDICTS, scratch_layout, table_layout
 
 MAX_SIG_CONTENTS = 64        # contents of one signature: bits of its progress word
 MAX_TABLE_BYTES = 256 << 20  # the DFA table: states x byte classes x 4 bytes, one map value
 WORK = 512                  # match events + (event, content) pairs examined per packet
 PROTOS = {"tcp": 6, "udp": 17}
-VERDICTS = {"drop": 1, "pass": 2, "alert": 0}   # VC_DROP, VC_PASS, VC_CONTINUE
-LABEL_BASE = 16
 Unreadable = Literal["drop", "match"]
 
 
@@ -393,9 +396,12 @@ def _match_count(dfa: Automaton) -> int:
 
 
 _POPULATED = ('cfg', 'classes', 'heads', 'hits', 'matches', 'progress', 'scratch', 'sigs', 'table')   # the maps populate() writes itself (l7_maps writes its own)
-UNUSED = -1         # verdict of an unused sigs/apps slot, which the data path ignores
 CUT_SHORT = 0       # hits key of scans cut short (signature ids start at 1)
-CFG = struct.Struct("<II2QQ")   # struct <p>_cfg: active, initialized, digest[2], scratch_id
+
+
+def _events(params) -> int:
+    """FOUND events one packet's scan may note"""
+    return headroom(params.max_scan, 16) // 2
 
 
 class Dpi(FunctionType):
@@ -403,7 +409,6 @@ class Dpi(FunctionType):
     summary = "payload signatures (content, nocase, offset, depth; rules files) in one Aho–Corasick DFA; drop/pass/label/alert"
     Params = DpiParams
     reasons = ("signature", "app_rule", "app_unreadable")
-    pinned_populate = True
 
     def maps(self, params):
         dfa, contents = _compiled(params)
@@ -411,16 +416,21 @@ class Dpi(FunctionType):
         # config maps hold two versions (see ConfigWriter): twice the entries,
         # or two values of classes and table
         return [
-            MapSpec("cfg", "array", 1, "which config version packets use"),
-            MapSpec("classes", "array", 2, "per version: byte -> byte class"),
-            MapSpec("table", "array", 2, "per version: the DFA table, one value: (state, class) -> next state"),
-            MapSpec("heads", "array", 2 * _heads(dfa), "per version: state -> its run of match entries"),
-            MapSpec("matches", "array", 2 * _matches(dfa), "per version: contents that end in a state"),
-            MapSpec("sigs", "array", 2 * sigs, "per version: signatures in order"),
-            MapSpec("progress", "percpu_array", sigs, "contents of a signature seen in this packet"),
-            MapSpec("scratch", "percpu_array", 1, "this packet's match events"),
-            MapSpec("hits", "percpu_hash", sigs + 1, "packets per signature id; id 0: scans cut short"),
+            MapSpec("cfg", "array", 1, U32, CFG, "which config version packets use"),
+            MapSpec("classes", "array", 2, U32, CLASSES, "per version: byte -> byte class"),
+            MapSpec("table", "array", 2, U32, table_layout(_table_size(dfa)),
+                    "per version: the DFA table, one value: (state, class) -> next state"),
+            MapSpec("heads", "array", 2 * _heads(dfa), U32, HEAD, "per version: state -> its run of match entries"),
+            MapSpec("matches", "array", 2 * _matches(dfa), U32, MATCH, "per version: contents that end in a state"),
+            MapSpec("sigs", "array", 2 * sigs, U32, SIG, "per version: signatures in order"),
+            MapSpec("progress", "percpu_array", sigs, U32, PROGRESS, "contents of a signature seen in this packet"),
+            MapSpec("scratch", "percpu_array", 1, U32, scratch_layout(_events(params)),
+                    "this packet's match events"),
+            MapSpec("hits", "percpu_hash", sigs + 1, U32, U64, "packets per signature id; id 0: scans cut short"),
         ] + l7_maps.map_specs(params.apps, sigs)
+
+    def structs(self, params):
+        return super().structs(params) + l7_maps.structs()
 
     def warnings(self, params):
         out = []
@@ -437,10 +447,10 @@ class Dpi(FunctionType):
 
     def template_vars(self, params, ctx):
         dfa, _ = _compiled(params)
-        return {"max_scan": params.max_scan,
-                "unparsed": "vc_drop_unparsed(meta)" if params.unparsed == "drop" else "VC_CONTINUE", "sigs": headroom(len(params.all_signatures), 16),
+        return {"max_scan": params.max_scan, "sigs": headroom(len(params.all_signatures), 16),
+                "unparsed": "vc_drop_unparsed(meta)" if params.unparsed == "drop" else "VC_CONTINUE",
                 "table": _table_size(dfa), "heads": _heads(dfa), "matches": _matches(dfa),
-                "events": headroom(params.max_scan, 16) // 2, "work": WORK,
+                "events": _events(params), "work": WORK,
                 **l7_maps.template_vars(params.apps)}
 
     def populate(self, tables, params, ctx):
@@ -458,7 +468,7 @@ class Dpi(FunctionType):
 
 
 def _count(hits, key: int) -> int:
-    return sum(hits.sum_u64(key.to_bytes(4, "little")))
+    return sum(hits.sum_u64(U32.pack(key)))
 
 
 def _heads(dfa: Automaton) -> int:
@@ -487,23 +497,25 @@ class ConfigWriter:
 
     def _write(self) -> None:
         cfg_map = self.maps["cfg"]
-        active, initialized, *digests, scratch_id = CFG.unpack(cfg_map.lookup(bytes(4))[0][:CFG.size])
+        cfg = CFG.unpack(cfg_map.lookup(U32.pack(0))[0])
         digest = self._digest()
-        if initialized and digests[active & 1] == digest:
+        if cfg["initialized"] and cfg["digest"][cfg["active"] & 1] == digest:
             return      # already the running config, in these very maps
-        new = 1 - (active & 1) if initialized else 0
+        new = 1 - (cfg["active"] & 1) if cfg["initialized"] else 0
         scratch = bpfsys.map_info(self.maps["scratch"].fd)["id"]
-        if scratch != scratch_id:
+        if scratch != cfg["scratch_id"]:
             # progress entries carry the packet generation of the scratch map,
             # which a new map restarts: clear them so no old entry looks current
-            cpus = bpfsys.possible_cpus()
-            write_array(self.maps["progress"], 0, [bytes(16 * cpus)] * self.maps["progress"].max_entries)
+            cleared = pack_percpu(PROGRESS, [None] * bpfsys.possible_cpus())
+            write_array(self.maps["progress"], 0, [cleared] * self.maps["progress"].max_entries)
         self.write_version(new)
         ids = [s.id for s in self.params.all_signatures]
         l7_maps.keep_counters(self.maps["hits"], [CUT_SHORT, *ids])
         l7_maps.keep_counters(self.l7["app_hits"], l7.rule_ids(self.params.apps))
+        digests = list(cfg["digest"])
         digests[new] = digest
-        cfg_map.update(bytes(4), CFG.pack(new, 1, *digests, scratch))   # the switch
+        cfg.update(active=new, initialized=1, digest=digests, scratch_id=scratch)
+        cfg_map.update(U32.pack(0), CFG.pack(cfg))   # the switch
 
     def _digest(self) -> int:
         """Of what the maps hold: the signatures (rules_file's too), app rules,
@@ -520,27 +532,24 @@ class ConfigWriter:
         """Fill version v of every config map (the idle one: no packet reads it)."""
         maps, params = self.maps, self.params
         dfa, contents = _compiled(params)
-        write_array(maps["classes"], v, [array("H", [c * 4 for c in dfa.byte_class]).tobytes()
-                                         + (dfa.classes * 4).to_bytes(4, "little") + bytes(4)])
-        write_array(maps["table"], v, [dfa.table.tobytes().ljust(_table_size(dfa) * 4, b"\0")])
+        write_array(maps["classes"], v, [CLASSES.pack({"of": [c * 4 for c in dfa.byte_class],
+                                                       "row_bytes": dfa.classes * 4})])
+        write_array(maps["table"], v, [table_layout(_table_size(dfa)).pack({"next": dfa.table.tobytes()})])
         heads, matches, runs = [], [], {}
         for out in dfa.output:
             if out and out not in runs:
                 runs[out] = len(matches)
                 matches += [contents[c] for c in sorted(out)]
-            heads.append(runs.get(out, 0).to_bytes(4, "little") + len(out).to_bytes(4, "little"))
+            heads.append(HEAD.pack({"first": runs.get(out, 0), "count": len(out)}))
         write_array(maps["heads"], v * (maps["heads"].max_entries // 2), heads)
         write_array(maps["matches"], v * (maps["matches"].max_entries // 2),
-                    [c.sig.to_bytes(4, "little") + bytes([c.bit, 0]) + c.first_end.to_bytes(2, "little")
-                     + c.last_end.to_bytes(2, "little") + bytes(2) for c in matches])
-        sigs = []
-        for s in params.all_signatures:
-            dport = ((s.dport & 0xFF) << 8 | s.dport >> 8) if s.dport else 0
-            sigs.append(((1 << len(s.contents())) - 1).to_bytes(8, "little")
-                        + _verdict(s, self.ctx).to_bytes(4, "little", signed=True)
-                        + bytes([PROTOS.get(s.proto, 0), 0]) + dport.to_bytes(2, "little"))
+                    [MATCH.pack({"sig": c.sig, "bit": c.bit, "first_end": c.first_end, "last_end": c.last_end})
+                     for c in matches])
+        sigs = [SIG.pack({"contents": (1 << len(s.contents())) - 1, "verdict": _verdict(s, self.ctx),
+                          "proto": PROTOS.get(s.proto, 0), "dport": s.dport or 0})
+                for s in params.all_signatures]
         per = maps["sigs"].max_entries // 2
-        unused = bytes(8) + UNUSED.to_bytes(4, "little", signed=True) + bytes(4)
+        unused = SIG.pack({"verdict": UNUSED})
         write_array(maps["sigs"], v * per, sigs + [unused] * (per - len(sigs)))  # clear what a longer list left
         l7_maps.write_version(self.l7, v, params.apps, [_verdict(r, self.ctx) for r in params.apps],
                               [s.id for s in params.all_signatures], params.unreadable_policy)
