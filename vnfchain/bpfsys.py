@@ -81,6 +81,12 @@ def prog_id(fd: int) -> int:
     return int.from_bytes(_info(fd)[4:8], "little")
 
 
+def xlated_insns(fd: int) -> int:
+    """Instructions of the program as the kernel holds it after the verifier's
+    rewrites (struct bpf_prog_info: xlated_prog_len at byte 20, 8 bytes each)."""
+    return int.from_bytes(_info(fd)[20:24], "little") // 8
+
+
 def verified_insns(fd: int) -> int:
     """Instructions the verifier explored to load the program (every path
     counted): what its 1,000,000 budget is spent on. struct bpf_prog_info
