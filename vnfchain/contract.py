@@ -78,11 +78,6 @@ class FunctionType:
     Params: ClassVar[type[Params]] = Params
     reasons: ClassVar[tuple[str, ...]] = ()
     counters: ClassVar[tuple[str, ...]] = ()
-    # populate() uses only tables.open(name) (the pinned maps, written with the
-    # layouts' codecs), so a change of parameters alone compiles nothing. Every
-    # type does; deploy still reads the flag.
-    pinned_populate: ClassVar[bool] = True
-
     @property
     def template(self) -> str:
         return f"{self.name}.bpf.c.j2"

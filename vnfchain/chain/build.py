@@ -16,7 +16,7 @@ from typing import Callable
 
 from .. import bpfsys, netlink
 from .compile import LoadedUnit, compile_unit
-from .maps import FunctionTables
+from .maps import MapReader
 from .model import ChainSpec, spec_to_dict
 from .record import FunctionSlot, Record
 from .render import Unit, context_for, counter_layout, generation_dir, render
@@ -101,4 +101,4 @@ def contexts(spec: ChainSpec):
 
 def populate(spec: ChainSpec, loaded: LoadedUnit) -> None:
     for f, ctx in contexts(spec):
-        f.ftype.populate(FunctionTables(loaded.bpf, loaded.unit.map_pins, f.name), f.params, ctx)
+        f.ftype.populate(MapReader(loaded.unit.map_pins, f.name), f.params, ctx)

@@ -110,11 +110,9 @@ def _same_generation(record: Record, spec: ChainSpec, unit: Unit, changed: list[
     """Update maps in place and replace changed functions' programs in their slots."""
     new = record.replace(spec=spec_to_dict(spec), sections=unit.sections, maps=unit.map_pins)
     if not changed:
-        edited = _params_changed(record, spec)
-        if all(f.ftype.pinned_populate for f in edited):
-            # map updates only: the functions write their pinned maps without BCC
-            _populate_pinned(spec, edited, unit.map_pins, record)
-            return new
+        # map updates only: the functions write their pinned maps, nothing compiles
+        _populate_pinned(spec, _params_changed(record, spec), unit.map_pins, record)
+        return new
     loaded = load_functions(spec, unit, changed)
     try:
         slots = loaded.bpf[b"vc_progs"] if changed else None

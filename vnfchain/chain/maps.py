@@ -1,8 +1,8 @@
 """A running chain's maps, as function types and ``stats`` read them.
 
-``MapReader`` is what a function type's ``read_counters``, ``state_rows`` and
-pinned ``populate`` get: its own pinned maps by short name. At deploy,
-``FunctionTables`` adds the BCC tables of the unit just loaded.
+``MapReader`` is what a function type's ``populate``, ``read_counters`` and
+``state_rows`` get: its own pinned maps by short name, written and read through
+the layouts its type declares (vnfchain.layout); nothing needs BCC's types.
 ``state_rows`` reads the per-CPU counter rows of a generation's ``state`` map.
 """
 from __future__ import annotations
@@ -25,18 +25,6 @@ class MapReader:
             for index in range(m.max_entries):
                 totals = m.sum_u64(index.to_bytes(4, "little"))
                 yield index, dict(zip(fields, totals))
-
-
-class FunctionTables(MapReader):
-    """A function's maps by short name: tables["rules"] is the BCC table <fn>_rules,
-    tables.open("rules") the pinned map itself (no BCC types needed)."""
-
-    def __init__(self, bpf, pins: dict[str, str], prefix: str):
-        super().__init__(pins, prefix)
-        self._bpf, self._prefix = bpf, prefix
-
-    def __getitem__(self, name: str):
-        return self._bpf.get_table(f"{self._prefix}_{name}".encode())
 
 
 STATE_KEY = (0).to_bytes(4, "little")   # the state map's one entry
