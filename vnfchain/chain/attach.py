@@ -64,15 +64,15 @@ def check_free(record: Record, targets: Targets) -> None:
 def busy_message(point: AttachPoint, index: int) -> str:
     state = netlink.xdp_state(index, point.netns)
     prog = f" (program id {state[0]})" if state else ""
-    owner, fix = owner_and_fix(point, index)
+    owner, fix = owner_and_fix(point, state[0] if state else None)
     return f"interface {point} already has an XDP program{prog} attached{f' by {owner}' if owner else ''}; {fix}"
 
 
-def owner_and_fix(point: AttachPoint, index: int) -> tuple[str, str]:
-    """Whose program a busy hook runs ("chain 'x'", or "" when not vnfchain's),
-    and how to free it."""
+def owner_and_fix(point: AttachPoint, prog_id: int | None) -> tuple[str, str]:
+    """Whose program a busy hook runs ("chain 'x'", or "" when it is no chain's),
+    and how to free the hook."""
     for record in readable_records():
-        if any(a.ifindex == index and a.netns == point.netns for a in record.attachments):
+        if prog_id is not None and record.entry_prog_id == prog_id:
             return f"chain '{record.name}'", f"`vnfchain undeploy {record.name}` first"
     return "", f"detach it first: `ip {'-n ' + point.netns + ' ' if point.netns else ''}" \
                f"link set dev {point.interface} xdp off`"

@@ -206,7 +206,7 @@ def _attachment_drift(hook: Hook, mode: str | None, record: Record, ours: dict[i
         return Drift(f"{where} (runs generation {ours[prog_id]}'s entry program, id {prog_id})",
                      f"runs a stale generation of the chain, not generation {record.generation}", "switch",
                      target=hook)
-    owner, fix = attach.owner_and_fix(hook.point, hook.ifindex)
+    owner, fix = attach.owner_and_fix(hook.point, prog_id)
     return Drift(f"{where} (runs another program, id {prog_id}{f', of {owner}' if owner else ''})", NOT_RUNNING,
                  "", fix=f"deploy never replaces it: {fix}", target=hook)
 
@@ -751,7 +751,7 @@ def _rebuild(p: Plan, say: Progress, did) -> Record:
     for d in _generation_dirs(record):
         if d != new.gen_dir:
             _remove_generation(d)
-    for d in p.drift:     # a program pinned again or a slot refilled went with the old generation
-        if not (d.action == "refill" or d.action == "repin" and d.target.kind == "program"):
+    for d in p.drift:     # what was pinned again or refilled in the old generation went with it
+        if not (d.action == "refill" or d.action == "repin" and record.gen_dir in d.target.path.parents):
             did(d)
     return new

@@ -221,7 +221,7 @@ def deploy(chain_file, attach, mode, dry_run):
     started = time.monotonic()
     with err.status("deploying") as status:
         dep = chain.deploy(attach=points, progress=lambda msg: status.update(msg),
-                           report=lambda line: out.print(escape(line)))
+                           report=lambda line: out.print(escape(line), soft_wrap=True))
     _print_outcome(dep, started)
     from ..pitfalls import machine_pitfalls
     for pitfall in machine_pitfalls(dep.spec):
@@ -257,7 +257,7 @@ _CHANGES = {
 def _print_plan(plan) -> None:
     out.print(f"plan for chain [bold]{plan.spec.name}[/bold]: {plan.kind} ({_CHANGES[plan.kind]})")
     for line in plan.lines():
-        out.print(f"  {escape(line)}")
+        out.print(f"  {escape(line)}", soft_wrap=True)
     out.print("nothing was changed (dry run)")
 
 
@@ -313,7 +313,7 @@ def rollback(name, dry_run):
     started = time.monotonic()
     with err.status("rolling back") as status:
         dep = deploy_mod.rollback(name, progress=lambda msg: status.update(msg),
-                                  report=lambda line: out.print(escape(line)))
+                                  report=lambda line: out.print(escape(line), soft_wrap=True))
     _print_outcome(dep, started)
 
 
@@ -360,7 +360,7 @@ def status(ctx, name):
     if d.condition() != "running":
         out.print(f"chain [bold]{d.name}[/bold]: {d.condition()}, pins {r.pin_dir}")
         for problem in d.health():
-            out.print(f"  {escape(problem)}")
+            out.print(f"  {escape(problem)}", soft_wrap=True)
         ctx.exit(1)
     out.print(f"chain [bold]{d.name}[/bold]: {r.state}, mode {r.mode}, generation "
               f"{r.generation}, {r.changes} live change(s), pins {r.pin_dir}")
@@ -378,7 +378,7 @@ def status(ctx, name):
     if not problems:
         out.print("health: ok")
     for problem in problems:
-        out.print(f"health: {escape(problem)}")
+        out.print(f"health: {escape(problem)}", soft_wrap=True)
     out.print(f"definition: deployed {_when(r.since)}")
     for revision in reversed(r.history):
         functions_ = revision.spec.get("functions", {})
