@@ -12,26 +12,15 @@ import os
 import subprocess
 
 import pytest
-from click.testing import CliRunner
 
-import vnfchain.cli.commands  # noqa: F401  (registers the commands)
 from vnfchain import Deployment, NotDeployedError, bpfsys, netlink
 from vnfchain.chain import deploy as deploy_mod
 from vnfchain.chain.record import record_path
-from vnfchain.cli import cli
-from tests.chain_fixtures import MODES, chain_name
+from tests.chain_fixtures import MODES, chain_name, cli_run
 from tests.netns.test_chain_e2e import CHAIN   # counter -> classify -> counter -> forward, on dut-lan and dut-wan
 from tests.testbed_fixtures import TOPOLOGIES
 
 pytestmark = pytest.mark.root
-
-
-def cli_run(*args):
-    """The CLI as a user runs it: an error is a message and an exit code, never a traceback."""
-    result = CliRunner().invoke(cli, [str(a) for a in args])
-    if result.exception and not isinstance(result.exception, SystemExit):
-        raise result.exception
-    return result
 
 
 _numbers = itertools.count()

@@ -10,16 +10,13 @@ import sys
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
 
-import vnfchain.cli.commands  # noqa: F401  (registers the commands)
 from vnfchain import Chain, CompileError, DeployError, NotDeployedError, VerifierError, netlink, statedir
 from vnfchain.chain import build, deploy as deploy_mod
 from vnfchain.chain.compile import compile_unit
 from vnfchain.chain.record import Record, record_path
 from vnfchain.chain.render import Unit
-from vnfchain.cli import cli
-from tests.chain_fixtures import chain_name
+from tests.chain_fixtures import chain_name, cli_run
 from tests.scratch_netns import scratch_netns
 
 pytestmark = pytest.mark.root
@@ -211,17 +208,9 @@ def own_state(bpf, monkeypatch):
         yield
     finally:
         with contextlib.suppress(Exception):
-            CliRunner().invoke(cli, ["undeploy", "--all"])
+            cli_run("undeploy", "--all")
         shutil.rmtree(pins, ignore_errors=True)
         shutil.rmtree(run, ignore_errors=True)
-
-
-def cli_run(*args):
-    """The CLI as a user runs it: an error is a message and an exit code, never a traceback."""
-    result = CliRunner().invoke(cli, list(args))
-    if result.exception and not isinstance(result.exception, SystemExit):
-        raise result.exception
-    return result
 
 
 def nothing_left(name, ns, index) -> list:
@@ -255,6 +244,44 @@ def test_a_deploy_killed_half_way_is_listed_as_broken_and_undeployed(own_state, 
         assert undeployed.exit_code == 0 and f"undeployed chain {name}" in undeployed.output, undeployed.output
         assert nothing_left(name, ns, index) == []
         assert "no chains deployed" in cli_run("ls").output
+
+
+# (kill point, what deploying the same file again says it did: {ns} is the namespace)
+CONVERGED = {
+    "record": ["removed what was left and deployed anew: deploy stopped before it recorded its programs"],
+    "compiled": ["removed what was left and deployed anew: deploy stopped before it recorded its programs"],
+    "pinned": ["removed what was left and deployed anew: deploy stopped before it recorded its programs"],
+    "built": ["resumed: deploy stopped after loading its programs", "attached to a0@{ns} (not attached yet)",
+              "attached to b0@{ns} (not attached yet)"],
+    "attached": ["resumed: deploy stopped after loading its programs",
+                 "updated the record of a0@{ns} (was being attached when vnfchain stopped)",
+                 "attached to b0@{ns} (not attached yet)"],
+}
+
+
+@pytest.mark.parametrize("point", list(CONVERGED))
+def test_a_deploy_killed_half_way_is_finished_by_deploying_again(own_state, point, tmp_path):
+    ns, name = f"vctk{os.getpid()}", chain_name(f"conv{point}")
+    text = (f"name: {name}\nattach: [{{interface: a0, netns: {ns}}}, {{interface: b0, netns: {ns}}}]\n"
+            "functions:\n  a: {type: counter, next: b}\n  b: {type: counter}\n")
+    (tmp_path / "chain.yaml").write_text(text)
+    with scratch_netns(ns, {"a0": [], "b0": []}) as (_, index, _ip):
+        child = subprocess.run([sys.executable, "-c", KILL_AT, text, point], capture_output=True,
+                               cwd=Path(__file__).resolve().parents[2])
+        assert child.returncode == 3, child.stderr.decode()
+        assert cli_run("status", name).exit_code == 1
+
+        again = cli_run("deploy", tmp_path / "chain.yaml")
+        assert again.exit_code == 0, again.output
+        for line in CONVERGED[point]:
+            assert line.format(ns=ns) in again.output, again.output
+        dep = deploy_mod.Deployment.get(name)
+        assert dep.health() == [] and cli_run("status", name).exit_code == 0
+        assert [netlink.xdp_state(index[dev], ns)[0] for dev in ("a0", "b0")] == [dep.record.entry_prog_id] * 2
+        assert dep.run(b"\x00" * 14, ingress_ifindex=index["a0"], netns=ns).action == "XDP_PASS"
+        assert dep.stats()["a"]["rx_packets"] == 1
+        assert cli_run("undeploy", name).exit_code == 0
+        assert nothing_left(name, ns, index) == []
 
 
 def test_a_chain_whose_pins_were_removed_is_broken(own_state):

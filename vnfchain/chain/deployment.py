@@ -7,7 +7,6 @@ or with a record it cannot read.
 """
 from __future__ import annotations
 
-import contextlib
 import os
 import re
 from dataclasses import dataclass
@@ -15,7 +14,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from .. import bpfsys, netlink
+from .. import bpfsys
 from ..errors import DeployError, NotDeployedError, RecordError
 from ..yamlio import Locator
 from .converge import observe

@@ -237,8 +237,8 @@ def _print_outcome(dep: Deployment, started: float) -> None:
     elif dep.last_change == "unchanged":
         out.print(f"chain [bold]{dep.name}[/bold] unchanged: running on {where}")
     elif dep.last_change == "repairs":
-        out.print(f"repaired chain [bold]{dep.name}[/bold] in {took} ({len(dep.repairs)} repairs); "
-                  f"running on {where}")
+        count = f"{len(dep.repairs)} repair" + ("s" if len(dep.repairs) != 1 else "")
+        out.print(f"repaired chain [bold]{dep.name}[/bold] in {took} ({count}); running on {where}")
     else:
         out.print(f"changed chain [bold]{dep.name}[/bold] live in {took}: {_CHANGES[dep.last_change]}; "
                   f"running on {where}")
