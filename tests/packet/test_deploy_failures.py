@@ -284,6 +284,53 @@ def test_a_deploy_killed_half_way_is_finished_by_deploying_again(own_state, poin
         assert nothing_left(name, ns, index) == []
 
 
+DIE_AFTER_SWITCH = """
+import os, sys
+from vnfchain import Chain, netlink
+real_attach = netlink.xdp_attach
+def switch_then_die(*args, **kwargs):
+    real_attach(*args, **kwargs)
+    os._exit(3)          # a topology change killed after switching its first interface
+netlink.xdp_attach = switch_then_die
+Chain.from_yaml_text(sys.argv[1]).deploy()
+"""
+
+
+def test_a_topology_change_killed_half_way_is_finished_by_deploying_again(own_state, tmp_path):
+    """a0 runs the new generation, b0 the old one, the record names the old one:
+    deploying the new file again puts a0 back, removes the half-built
+    generation and makes the change whole."""
+    ns, name = f"vctg{os.getpid()}", chain_name("convtopo")
+    text = (f"name: {name}\nattach: [{{interface: a0, netns: {ns}}}, {{interface: b0, netns: {ns}}}]\n"
+            "functions:\n  a: {type: counter}\n")
+    grown = text.replace("a: {type: counter}", "a: {type: counter, next: b}\n  b: {type: counter}")
+    (tmp_path / "chain.yaml").write_text(grown)
+    with scratch_netns(ns, {"a0": [], "b0": []}) as (_, index, _ip):
+        first = Chain.from_yaml_text(text).deploy()
+        child = subprocess.run([sys.executable, "-c", DIE_AFTER_SWITCH, grown], capture_output=True,
+                               cwd=Path(__file__).resolve().parents[2])
+        assert child.returncode == 3, child.stderr.decode()
+        stale = netlink.xdp_state(index["a0"], ns)[0]
+        assert stale != first.record.entry_prog_id
+        problem = f"a0@{ns} (runs generation 2's entry program, id {stale})"
+        status = cli_run("status", name)
+        assert status.exit_code == 1 and f"{problem}: runs a stale generation of the chain" in status.output
+
+        again = cli_run("deploy", tmp_path / "chain.yaml")
+        assert again.exit_code == 0, again.output
+        assert f"switched {problem} to the running programs\n" in again.output
+        assert f"removed {first.pin_dir / 'g2'} (a generation left by a change that stopped half-way)\n" \
+            in again.output
+        assert f"changed chain {name} live in " in again.output
+        dep = deploy_mod.Deployment.get(name)
+        assert dep.record.generation == 2 and dep.health() == []
+        assert [netlink.xdp_state(index[dev], ns)[0] for dev in ("a0", "b0")] == [dep.record.entry_prog_id] * 2
+        assert dep.run(b"\x00" * 14, ingress_ifindex=index["b0"], netns=ns).action == "XDP_PASS"
+        assert dep.stats()["b"]["rx_packets"] == 1
+        assert cli_run("undeploy", name).exit_code == 0
+        assert nothing_left(name, ns, index) == []
+
+
 def test_a_chain_whose_pins_were_removed_is_broken(own_state):
     name = chain_name("nopin")
     dep = Chain.from_yaml_text(f"name: {name}\nfunctions:\n  a: {{type: counter, next: b}}\n"
@@ -391,6 +438,26 @@ def test_pins_without_a_record_are_listed_and_removed(own_state):
     assert row["problems"][0] == f"no record, only pins under {deploy_mod.pin_root() / name}"
     assert cli_run("undeploy", "--all").exit_code == 0
     assert not (deploy_mod.pin_root() / name).exists()
+
+
+def test_pins_whose_record_was_removed_are_replaced_by_deploying_again(own_state, tmp_path):
+    """The chain runs on a0 but its record is gone: deploy takes its programs off,
+    removes its pins and deploys the file anew."""
+    ns, name = f"vctr{os.getpid()}", chain_name("norec")
+    text = f"name: {name}\nattach: [{{interface: a0, netns: {ns}}}]\nfunctions: {{c: {{type: counter}}}}\n"
+    (tmp_path / "chain.yaml").write_text(text)
+    with scratch_netns(ns, {"a0": []}) as (_, index, _ip):
+        old = Chain.from_yaml_text(text).deploy()
+        record_path(name).unlink()
+        again = cli_run("deploy", tmp_path / "chain.yaml")
+        assert again.exit_code == 0, again.output
+        assert f"removed what was left and deployed anew: no record, only pins under {old.pin_dir}\n" \
+            in again.output
+        dep = deploy_mod.Deployment.get(name)
+        assert dep.health() == [] and netlink.xdp_state(index["a0"], ns)[0] == dep.record.entry_prog_id
+        assert dep.record.entry_prog_id != old.record.entry_prog_id
+        assert cli_run("undeploy", name).exit_code == 0
+        assert nothing_left(name, ns, index) == []
 
 
 def test_stats_and_trace_of_a_chain_missing_pins_say_so(own_state):

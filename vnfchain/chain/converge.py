@@ -463,7 +463,8 @@ class Plan:
         repaired = {d.target.key for d in self.drift if isinstance(d.target, Hook)}
         wanted = {(point.interface, point.netns): point for point, _ in self.targets}
         if self.change in ("new", "topology") or self.rebuild:
-            generation = _next_generation(record) if record and self.change != "new" else 1
+            generation = 1 if self.change == "new" else _next_generation(record) if self.rebuild \
+                else record.generation + 1     # a stale generation is removed first
             out.append(f"programs: build generation {generation} (entry, prog array, "
                        f"{len(spec.functions)} functions, {spec.mode})")
             out += [f"attachment: switch {wanted[key]} to generation {generation} (XDP_FLAGS_REPLACE)"
@@ -483,17 +484,20 @@ def plan(spec: ChainSpec) -> Plan:
     the deploy before it touches anything: a missing interface, someone else's
     program on one of the file's interfaces, a function's missing interface."""
     record = Record.read(spec.name)
+    if record is None and (pin_root() / spec.name).exists():   # its record removed by hand, or never written
+        record = Record(name=spec.name, state="no record", pin_dir=pin_root() / spec.name)
     targets = attach.resolve(spec)
-    ours = entry_programs(record) if record and record.built else {}
+    ours = entry_programs(record) if record else {}
     for point, index in targets:
         running = netlink.xdp_state(index, point.netns)
         if running and running[0] not in ours:
             raise AttachError(attach.busy_message(point, index))
     preflight_functions(spec)
     if record is None or not record.built:
-        pin_dir = record.pin_dir if record else pin_root() / spec.name
-        (unit,) = render(spec, str(pin_dir), generation=1)
-        return Plan(spec, record, targets, observe(record) if record else [], "new", [], unit)
+        (unit,) = render(spec, str(record.pin_dir if record else pin_root() / spec.name), generation=1)
+        drift = [] if record is None else observe(record) if record.state != "no record" else \
+            [Drift(f"no record, only pins under {record.pin_dir}", "vnfchain cannot tell what they are", "restart")]
+        return Plan(spec, record, targets, drift, "new", [], unit)
     wanted = {(p.interface, p.netns) for p, _ in targets}
     drift = [d for d in (_for_file(d, wanted) for d in observe(record)) if d]
     (unit,) = render(spec, str(record.pin_dir), generation=record.generation)

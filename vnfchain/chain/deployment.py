@@ -118,6 +118,9 @@ class Deployment:
         if self.condition() == "deploying":
             return ["a vnfchain is deploying, changing or undeploying it right now"]
         problems = [d.status_line() for d in observe(r)]
+        if problems and busy():
+            problems.insert(0, "a vnfchain is deploying or changing a chain right now: what follows may be "
+                               "its work in progress")
         if problems:
             problems.append(f"fix: deploying the chain's file again repairs what it can (`vnfchain deploy "
                             f"FILE`); `vnfchain undeploy {self.name}` removes what it made")
