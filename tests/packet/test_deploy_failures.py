@@ -156,6 +156,30 @@ def test_undeploy_after_a_crash_while_a_live_change_attached_an_interface(bpf, x
     assert leftovers(name) == []
 
 
+def test_an_interface_a_killed_change_attached_is_detached_by_deploying_the_file_without_it(bpf, tmp_path):
+    ns = f"vctd{os.getpid()}"
+    name = chain_name("convpend")
+    text = f"name: {{name}}\nattach: [{{points}}]\nfunctions:\n  c: {{{{type: counter}}}}\n"
+    one = text.format(name=name, points=f"{{interface: a0, netns: {ns}}}")
+    (tmp_path / "chain.yaml").write_text(one)
+    with scratch_netns(ns, {"a0": [], "b0": []}) as (_, index, _ip):
+        Chain.from_yaml_text(one).deploy()
+        try:
+            both = text.format(name=name, points=f"{{interface: a0, netns: {ns}}}, {{interface: b0, netns: {ns}}}")
+            child = subprocess.run([sys.executable, "-c", DIE_AFTER_ATTACH, both], capture_output=True,
+                                   cwd=Path(__file__).resolve().parents[2])
+            assert child.returncode == 3, child.stderr.decode()
+            again = cli_run("deploy", tmp_path / "chain.yaml")
+            assert again.exit_code == 0, again.output
+            assert f"detached the chain from b0@{ns} (was being attached when vnfchain stopped)\n" in again.output
+            assert netlink.xdp_state(index["b0"], ns) is None
+            dep = deploy_mod.Deployment.get(name)
+            assert [a.interface for a in dep.record.attachments] == ["a0"] and dep.health() == []
+        finally:
+            deploy_mod.undeploy(name)
+    assert leftovers(name) == []
+
+
 # -- deploys killed half-way, and records that cannot be read: seen, and removed --------
 
 KILL_AT = """

@@ -149,7 +149,7 @@ def _hook_drift(record: Record, ours: dict[int, int]) -> list[Drift]:
         if drift:
             out.append(drift)
     for a in record.pending:
-        hook = _hook(a.interface, a.netns, a.ifindex)
+        hook = _hook(a.interface, a.netns, None)
         problem = f"{a.where} (was being attached when vnfchain stopped)"
         if hook.program and hook.program[0] in ours:
             out.append(Drift(problem, "the record does not list it", "record", target=hook))
@@ -228,9 +228,8 @@ def _pins(record: Record) -> list[Pin]:
     programs += [Pin(gen / f"fn_{f.name}", "program", f.prog_id) for f in record.functions if f.prog_id]
     maps = [gen / "state"] + ([gen / "progs"] if record.mode == "tailcall" else []) \
         + [Path(p) for p in record.maps.values()]
-    layouts = record.map_ids
-    return programs + [Pin(p, "map", layouts[str(p)].id if str(p) in layouts else None, layouts.get(str(p)))
-                       for p in maps]
+    known = [(p, record.map_ids.get(str(p))) for p in maps]
+    return programs + [Pin(p, "map", m.id if m else None, m) for p, m in known]
 
 
 def _pin_drift(record: Record) -> list[Drift]:
@@ -254,8 +253,7 @@ def _pin_drift(record: Record) -> list[Drift]:
             what = f"holds program id {held}, not the chain's id {pin.id}"
         else:
             layout = f" of another layout ({held.layout}; the chain's: {pin.layout.layout})" \
-                if (held.type, held.key_size, held.value_size, held.max_entries) != \
-                   (pin.layout.type, pin.layout.key_size, pin.layout.value_size, pin.layout.max_entries) else ""
+                if held.layout != pin.layout.layout else ""
             what = f"holds another map{layout}, id {held.id}, not the chain's id {pin.id}"
         if _alive(pin):
             effect = UNREACHABLE
@@ -431,6 +429,8 @@ class Plan:
     change: str                    # "" (the definition is the running one) | new | config | code | topology
     changed: list[str]             # functions whose code changed
     unit: Unit
+    redefines: bool = True         # the file is not the running definition (a vnfchain upgrade can
+                                   # change code under the same definition)
 
     @property
     def kind(self) -> str:
@@ -502,20 +502,21 @@ def plan(spec: ChainSpec) -> Plan:
     drift = [d for d in (_for_file(d, wanted) for d in observe(record)) if d]
     (unit,) = render(spec, str(record.pin_dir), generation=record.generation)
     kind, changed = plan_change(record, unit, spec)
-    if same_definition(record, spec) and kind == "config":
+    redefines = not same_definition(record, spec)
+    if not redefines and kind == "config":
         kind = ""
-    return Plan(spec, record, targets, drift, kind, changed, unit)
+    return Plan(spec, record, targets, drift, kind, changed, unit, redefines)
 
 
 def _for_file(drift: Drift, wanted: set) -> Drift | None:
-    """A hook's drift as the file sees it: one the file no longer attaches to is
-    dropped from the record (or, running a stale generation, detached)."""
+    """A hook's drift as the file sees it: one the file does not attach to is
+    dropped from the record, or detached if one of the chain's programs runs there."""
     hook = drift.target
-    if not isinstance(hook, Hook) or hook.key in wanted or drift.action == "record":
+    if not isinstance(hook, Hook) or hook.key in wanted:
         return drift
     if drift.action == "attach-new":
         return None
-    action = "detach" if drift.action == "switch" else "forget"
+    action = "detach" if drift.action in ("switch", "record") else "forget"
     return Drift(drift.problem, drift.effect, action, target=hook)
 
 
@@ -551,7 +552,7 @@ def apply(p: Plan, say: Progress, tell: Progress, *, history: tuple[Revision, ..
         record = _repair(p, say, did)
         if p.change:
             record, _kind = change(record, p.spec, say)
-    record = settle(record, p.spec, p.record if p.change else None, history)
+    record = settle(record, p.spec, p.record if p.redefines else None, history)
     verify(record)
     return Outcome(record, p.kind, done)
 
@@ -656,11 +657,12 @@ def _rehook(record: Record, p: Plan, say: Progress, did) -> Record:
     if not hooks:
         return record
     drift_of = {d.target.key: d for d in hooks}
-    known = {a.key for a in record.attachments} | {(pt["interface"], pt.get("netns")) for pt in record.spec["attach"]} \
-        | {key for key, d in drift_of.items() if d.action == "record"}
+    adopted = [Attachment(h.interface, h.netns, h.ifindex, h.program[1]) for h in   # pending, and ours
+               (d.target for d in hooks if d.action in ("record", "detach") and d.target.recorded is None)]
+    recorded = {a.key: a for a in record.attachments + tuple(adopted)}
+    known = set(recorded) | {(pt["interface"], pt.get("netns")) for pt in record.spec["attach"]}
     targets = [(point, index) for point, index in p.targets if (point.interface, point.netns) in known]
     here = {(point.interface, point.netns) for point, _ in targets}
-    recorded = {a.key: a for a in record.attachments}
     keep, running, detach, others, opened = {}, {}, [], [], []
     try:
         for point, index in targets:
@@ -672,7 +674,7 @@ def _rehook(record: Record, p: Plan, say: Progress, did) -> Record:
                 keep[key] = attach.noted(point, index, d.target.program[1])
             elif d.action == "switch":
                 running[key] = (_opened(opened, d.target.program[0]), d.target.program[1])
-        for a in record.attachments:     # hooks the file no longer names: the live change detaches them
+        for a in recorded.values():      # hooks the file no longer names: the live change detaches them
             d = drift_of.get(a.key)
             if a.key in here or (d and d.action == "forget"):
                 continue
