@@ -269,7 +269,11 @@ Examples:
 Both sides are the chain as vnfchain reads it (defaults filled in, keys in
 one order), so only what means something differs. The last line is the kind
 of change deploying the file would make (unchanged, repairs, config, code,
-topology), as `deploy --dry-run` shows it in full.""")
+topology), as `deploy --dry-run` shows it in full.
+
+\b
+Exit codes: 0 the diff was shown; 1 deploying the file would fail (after the
+diff, the error says why); 2 the file is invalid or defines another chain.""")
 @click.argument("name")
 @click.argument("chain_file", type=click.Path(dir_okay=False))
 @click.option("--attach", "attach", multiple=True, metavar="IF[@NETNS]",
@@ -301,7 +305,11 @@ Each deploy that changes a chain's definition keeps the one it replaced (the
 last 5, with the time each was deployed; `vnfchain status NAME` lists them).
 Rollback deploys the newest of them as a live change, like any deploy
 (loss-free, repairs included), and takes it out of the list: rolling back
-again goes one further back. A chain with no earlier definition is an error.""")
+again goes one further back. A chain with no earlier definition is an error.
+
+\b
+Exit codes: as deploy's (0 every attach point runs the chain afterwards; 1 not,
+or no earlier definition, or the change failed).""")
 @click.argument("name")
 @click.option("--dry-run", is_flag=True, help="Print the plan and change nothing.")
 def rollback(name, dry_run):
