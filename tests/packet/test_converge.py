@@ -1,6 +1,7 @@
 """Deploy is declarative, seen through BPF_PROG_TEST_RUN and the CLI: an
 interface a function's config names that was recreated is written into its
-maps again, a pin that holds another map is put back, `rollback` returns the
+maps again, a pin that holds another map is put back, the chain attached again
+in another mode is recorded as it runs, `rollback` returns the
 rules that ran before (again and again), `diff` shows the YAML that differs,
 `deploy --dry-run` of a new chain makes nothing, and the exit codes are 0, 1
 and 2 as documented."""
@@ -255,3 +256,30 @@ def test_an_interface_a_function_names_is_written_again_when_recreated(chain_fil
         assert _frames_through(ns) == 3
         assert Deployment.get(name).record.config_ifindexes == {"out": {"b0": new}}
         assert cli_run("status", name).exit_code == 0
+
+
+def test_the_chain_attached_again_in_another_mode_is_recorded_so(chain_file):
+    """Someone put the chain's own program back in generic mode: it runs, but the
+    record says native, and undeploy (which detaches by mode) would miss it."""
+    ns = f"vctm{os.getpid()}"
+    text = "name: {name}\nattach: [{{interface: a0, netns: {ns}}}]\nfunctions: {{c: {{type: counter}}}}\n"
+    with scratch_netns(ns, {"a0": []}) as (_, index, ip):
+        name = chain_file.name
+        assert cli_run("deploy", chain_file(text, ns=ns)).exit_code == 0
+        dep = Deployment.get(name)
+        assert dep.record.attachments[0].mode == "native"
+        ip("link", "set", "dev", "a0", "xdp", "off")
+        entry = dep.entry_fd()
+        try:
+            netlink.xdp_attach(index["a0"], entry, "generic", ns)
+        finally:
+            os.close(entry)
+        problem = f"a0@{ns} (runs in generic mode, recorded native, runs the chain)"
+        status = cli_run("status", name)
+        assert status.exit_code == 1 and f"{problem}: the record is out of date" in status.output, status.output
+
+        repaired = cli_run("deploy", chain_file(text, ns=ns))
+        assert repaired.exit_code == 0 and f"updated the record of {problem}\n" in repaired.output, repaired.output
+        assert Deployment.get(name).record.attachments[0].mode == "generic"
+        assert cli_run("undeploy", name).exit_code == 0
+        assert netlink.xdp_state(index["a0"], ns) is None
