@@ -3,6 +3,7 @@
     def test_x(deployed):
         dep = deployed(CHAIN_YAML, "fused")     # compiled once per session, never attached
         result = dep.run(packet)                # BPF_PROG_TEST_RUN through the whole chain
+        assert cli_run("status", dep.name).exit_code == 0   # the CLI, in this process
 
 Chains are named ``vct<pid>-<n>`` and undeployed at the end of the session, so
 cleanup touches only this run's pins and records.
@@ -52,6 +53,17 @@ def deployed():
     yield make
     for dep in cache.values():
         dep.undeploy()
+
+
+def cli_run(*args):
+    """The CLI as a user runs it: an error is a message and an exit code, never a traceback."""
+    from click.testing import CliRunner
+    import vnfchain.cli.commands  # noqa: F401  (registers the commands)
+    from vnfchain.cli import cli
+    result = CliRunner().invoke(cli, [str(a) for a in args])
+    if result.exception and not isinstance(result.exception, SystemExit):
+        raise result.exception
+    return result
 
 
 def delta(before: dict, after: dict) -> dict:

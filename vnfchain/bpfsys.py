@@ -37,6 +37,8 @@ def lib() -> ctypes.CDLL:
                                             ctypes.c_void_p, ctypes.POINTER(ctypes.c_uint32), ctypes.c_void_p]
     handle.bpf_obj_get_info_by_fd.argtypes = [ctypes.c_int, ctypes.c_void_p,
                                               ctypes.POINTER(ctypes.c_uint32)]
+    handle.bpf_prog_get_fd_by_id.argtypes = [ctypes.c_uint32]
+    handle.bpf_map_get_fd_by_id.argtypes = [ctypes.c_uint32]
     return handle
 
 
@@ -54,6 +56,24 @@ def obj_get(path: str) -> int:
 
 def obj_pin(fd: int, path: str) -> None:
     _check(lib().bpf_obj_pin(fd, str(path).encode()), f"pin {path}")
+
+
+def prog_by_id(prog_id: int) -> int | None:
+    """An fd for the program of that id while anything holds it (an interface, a
+    pin, a prog array), None once it is gone; the caller closes it."""
+    return _by_id(lib().bpf_prog_get_fd_by_id, prog_id, "program")
+
+
+def map_by_id(map_id: int) -> int | None:
+    """An fd for the map of that id while anything holds it, None once it is gone."""
+    return _by_id(lib().bpf_map_get_fd_by_id, map_id, "map")
+
+
+def _by_id(get, obj_id: int, what: str) -> int | None:
+    rc = get(obj_id)
+    if rc < 0 and (-rc if rc < -1 else ctypes.get_errno()) == errno.ENOENT:
+        return None
+    return _check(rc, f"open {what} id {obj_id}")
 
 
 def update_batch(fd: int, keys: bytes, values: bytes, count: int) -> None:
@@ -104,9 +124,10 @@ def map_info(fd: int) -> dict[str, int]:
 class PinnedMap:
     """A pinned map opened by path, read as raw bytes."""
 
-    def __init__(self, path: str):
+    def __init__(self, path: str, fd: int | None = None):
+        """``fd``: a map already open (owned from now on), ``path`` then only names it."""
         self.path = path
-        self.fd = obj_get(path)
+        self.fd = obj_get(path) if fd is None else fd
         info = map_info(self.fd)
         self.key_size, self.value_size = info["key_size"], info["value_size"]
         self.max_entries, self.type = info["max_entries"], info["type"]

@@ -10,16 +10,13 @@ import sys
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
 
-import vnfchain.cli.commands  # noqa: F401  (registers the commands)
 from vnfchain import Chain, CompileError, DeployError, NotDeployedError, VerifierError, netlink, statedir
 from vnfchain.chain import build, deploy as deploy_mod
 from vnfchain.chain.compile import compile_unit
 from vnfchain.chain.record import Record, record_path
 from vnfchain.chain.render import Unit
-from vnfchain.cli import cli
-from tests.chain_fixtures import chain_name
+from tests.chain_fixtures import chain_name, cli_run
 from tests.scratch_netns import scratch_netns
 
 pytestmark = pytest.mark.root
@@ -159,6 +156,30 @@ def test_undeploy_after_a_crash_while_a_live_change_attached_an_interface(bpf, x
     assert leftovers(name) == []
 
 
+def test_an_interface_a_killed_change_attached_is_detached_by_deploying_the_file_without_it(bpf, tmp_path):
+    ns = f"vctd{os.getpid()}"
+    name = chain_name("convpend")
+    text = f"name: {{name}}\nattach: [{{points}}]\nfunctions:\n  c: {{{{type: counter}}}}\n"
+    one = text.format(name=name, points=f"{{interface: a0, netns: {ns}}}")
+    (tmp_path / "chain.yaml").write_text(one)
+    with scratch_netns(ns, {"a0": [], "b0": []}) as (_, index, _ip):
+        Chain.from_yaml_text(one).deploy()
+        try:
+            both = text.format(name=name, points=f"{{interface: a0, netns: {ns}}}, {{interface: b0, netns: {ns}}}")
+            child = subprocess.run([sys.executable, "-c", DIE_AFTER_ATTACH, both], capture_output=True,
+                                   cwd=Path(__file__).resolve().parents[2])
+            assert child.returncode == 3, child.stderr.decode()
+            again = cli_run("deploy", tmp_path / "chain.yaml")
+            assert again.exit_code == 0, again.output
+            assert f"detached the chain from b0@{ns} (was being attached when vnfchain stopped)\n" in again.output
+            assert netlink.xdp_state(index["b0"], ns) is None
+            dep = deploy_mod.Deployment.get(name)
+            assert [a.interface for a in dep.record.attachments] == ["a0"] and dep.health() == []
+        finally:
+            deploy_mod.undeploy(name)
+    assert leftovers(name) == []
+
+
 # -- deploys killed half-way, and records that cannot be read: seen, and removed --------
 
 KILL_AT = """
@@ -211,17 +232,9 @@ def own_state(bpf, monkeypatch):
         yield
     finally:
         with contextlib.suppress(Exception):
-            CliRunner().invoke(cli, ["undeploy", "--all"])
+            cli_run("undeploy", "--all")
         shutil.rmtree(pins, ignore_errors=True)
         shutil.rmtree(run, ignore_errors=True)
-
-
-def cli_run(*args):
-    """The CLI as a user runs it: an error is a message and an exit code, never a traceback."""
-    result = CliRunner().invoke(cli, list(args))
-    if result.exception and not isinstance(result.exception, SystemExit):
-        raise result.exception
-    return result
 
 
 def nothing_left(name, ns, index) -> list:
@@ -248,13 +261,98 @@ def test_a_deploy_killed_half_way_is_listed_as_broken_and_undeployed(own_state, 
         assert any(f"`vnfchain undeploy {name}`" in p for p in row["problems"]), row
 
         status = cli_run("status", name)
-        assert status.exit_code == 0, status.output
+        assert status.exit_code == 1, status.output
         assert f"chain {name}: broken" in status.output and problem in status.output, status.output
 
         undeployed = cli_run("undeploy", "--all")
         assert undeployed.exit_code == 0 and f"undeployed chain {name}" in undeployed.output, undeployed.output
         assert nothing_left(name, ns, index) == []
         assert "no chains deployed" in cli_run("ls").output
+
+
+# (kill point, what deploying the same file again says it did: {ns} is the namespace)
+CONVERGED = {
+    "record": ["removed what was left and deployed anew: deploy stopped before it recorded its programs"],
+    "compiled": ["removed what was left and deployed anew: deploy stopped before it recorded its programs"],
+    "pinned": ["removed what was left and deployed anew: deploy stopped before it recorded its programs"],
+    "built": ["resumed: deploy stopped after loading its programs", "attached to a0@{ns} (not attached yet)",
+              "attached to b0@{ns} (not attached yet)"],
+    "attached": ["resumed: deploy stopped after loading its programs",
+                 "updated the record of a0@{ns} (was being attached when vnfchain stopped)",
+                 "attached to b0@{ns} (not attached yet)"],
+}
+
+
+@pytest.mark.parametrize("point", list(CONVERGED))
+def test_a_deploy_killed_half_way_is_finished_by_deploying_again(own_state, point, tmp_path):
+    ns, name = f"vctk{os.getpid()}", chain_name(f"conv{point}")
+    text = (f"name: {name}\nattach: [{{interface: a0, netns: {ns}}}, {{interface: b0, netns: {ns}}}]\n"
+            "functions:\n  a: {type: counter, next: b}\n  b: {type: counter}\n")
+    (tmp_path / "chain.yaml").write_text(text)
+    with scratch_netns(ns, {"a0": [], "b0": []}) as (_, index, _ip):
+        child = subprocess.run([sys.executable, "-c", KILL_AT, text, point], capture_output=True,
+                               cwd=Path(__file__).resolve().parents[2])
+        assert child.returncode == 3, child.stderr.decode()
+        assert cli_run("status", name).exit_code == 1
+
+        again = cli_run("deploy", tmp_path / "chain.yaml")
+        assert again.exit_code == 0, again.output
+        for line in CONVERGED[point]:
+            assert line.format(ns=ns) in again.output, again.output
+        dep = deploy_mod.Deployment.get(name)
+        assert dep.health() == [] and cli_run("status", name).exit_code == 0
+        assert [netlink.xdp_state(index[dev], ns)[0] for dev in ("a0", "b0")] == [dep.record.entry_prog_id] * 2
+        assert dep.run(b"\x00" * 14, ingress_ifindex=index["a0"], netns=ns).action == "XDP_PASS"
+        assert dep.stats()["a"]["rx_packets"] == 1
+        assert cli_run("undeploy", name).exit_code == 0
+        assert nothing_left(name, ns, index) == []
+
+
+DIE_AFTER_SWITCH = """
+import os, sys
+from vnfchain import Chain, netlink
+real_attach = netlink.xdp_attach
+def switch_then_die(*args, **kwargs):
+    real_attach(*args, **kwargs)
+    os._exit(3)          # a topology change killed after switching its first interface
+netlink.xdp_attach = switch_then_die
+Chain.from_yaml_text(sys.argv[1]).deploy()
+"""
+
+
+def test_a_topology_change_killed_half_way_is_finished_by_deploying_again(own_state, tmp_path):
+    """a0 runs the new generation, b0 the old one, the record names the old one:
+    deploying the new file again puts a0 back, removes the half-built
+    generation and makes the change whole."""
+    ns, name = f"vctg{os.getpid()}", chain_name("convtopo")
+    text = (f"name: {name}\nattach: [{{interface: a0, netns: {ns}}}, {{interface: b0, netns: {ns}}}]\n"
+            "functions:\n  a: {type: counter}\n")
+    grown = text.replace("a: {type: counter}", "a: {type: counter, next: b}\n  b: {type: counter}")
+    (tmp_path / "chain.yaml").write_text(grown)
+    with scratch_netns(ns, {"a0": [], "b0": []}) as (_, index, _ip):
+        first = Chain.from_yaml_text(text).deploy()
+        child = subprocess.run([sys.executable, "-c", DIE_AFTER_SWITCH, grown], capture_output=True,
+                               cwd=Path(__file__).resolve().parents[2])
+        assert child.returncode == 3, child.stderr.decode()
+        stale = netlink.xdp_state(index["a0"], ns)[0]
+        assert stale != first.record.entry_prog_id
+        problem = f"a0@{ns} (runs generation 2's entry program, id {stale})"
+        status = cli_run("status", name)
+        assert status.exit_code == 1 and f"{problem}: runs a stale generation of the chain" in status.output
+
+        again = cli_run("deploy", tmp_path / "chain.yaml")
+        assert again.exit_code == 0, again.output
+        assert f"switched {problem} to the running programs\n" in again.output
+        assert f"removed {first.pin_dir / 'g2'} (a generation left by a change that stopped half-way)\n" \
+            in again.output
+        assert f"changed chain {name} live in " in again.output
+        dep = deploy_mod.Deployment.get(name)
+        assert dep.record.generation == 2 and dep.health() == []
+        assert [netlink.xdp_state(index[dev], ns)[0] for dev in ("a0", "b0")] == [dep.record.entry_prog_id] * 2
+        assert dep.run(b"\x00" * 14, ingress_ifindex=index["b0"], netns=ns).action == "XDP_PASS"
+        assert dep.stats()["b"]["rx_packets"] == 1
+        assert cli_run("undeploy", name).exit_code == 0
+        assert nothing_left(name, ns, index) == []
 
 
 def test_a_chain_whose_pins_were_removed_is_broken(own_state):
@@ -264,7 +362,8 @@ def test_a_chain_whose_pins_were_removed_is_broken(own_state):
     (dep.gen_dir / "fn_b").unlink()
     assert deploy_mod.Deployment.get(name).condition() == "broken"
     status = cli_run("status", name)
-    assert f"pin missing: {dep.gen_dir / 'fn_b'}" in status.output, status.output
+    assert status.exit_code == 1
+    assert f"{dep.gen_dir / 'fn_b'} (pin missing)" in status.output, status.output
     assert cli_run("undeploy", name).exit_code == 0
     assert not dep.pin_dir.exists() and not record_path(name).exists()
 
@@ -363,6 +462,26 @@ def test_pins_without_a_record_are_listed_and_removed(own_state):
     assert row["problems"][0] == f"no record, only pins under {deploy_mod.pin_root() / name}"
     assert cli_run("undeploy", "--all").exit_code == 0
     assert not (deploy_mod.pin_root() / name).exists()
+
+
+def test_pins_whose_record_was_removed_are_replaced_by_deploying_again(own_state, tmp_path):
+    """The chain runs on a0 but its record is gone: deploy takes its programs off,
+    removes its pins and deploys the file anew."""
+    ns, name = f"vctr{os.getpid()}", chain_name("norec")
+    text = f"name: {name}\nattach: [{{interface: a0, netns: {ns}}}]\nfunctions: {{c: {{type: counter}}}}\n"
+    (tmp_path / "chain.yaml").write_text(text)
+    with scratch_netns(ns, {"a0": []}) as (_, index, _ip):
+        old = Chain.from_yaml_text(text).deploy()
+        record_path(name).unlink()
+        again = cli_run("deploy", tmp_path / "chain.yaml")
+        assert again.exit_code == 0, again.output
+        assert f"removed what was left and deployed anew: no record, only pins under {old.pin_dir}\n" \
+            in again.output
+        dep = deploy_mod.Deployment.get(name)
+        assert dep.health() == [] and netlink.xdp_state(index["a0"], ns)[0] == dep.record.entry_prog_id
+        assert dep.record.entry_prog_id != old.record.entry_prog_id
+        assert cli_run("undeploy", name).exit_code == 0
+        assert nothing_left(name, ns, index) == []
 
 
 def test_stats_and_trace_of_a_chain_missing_pins_say_so(own_state):

@@ -66,12 +66,28 @@ class Chain:
     def with_mode(self, mode: str) -> "Chain":
         return Chain(self.spec.with_changes(mode=mode), self.source)
 
-    def deploy(self, attach=None, *, mode: str | None = None, progress=None) -> Deployment:
-        """Deploy; ``attach`` is a list of "IF", "IF@NETNS", (IF, NETNS) or AttachPoint."""
-        spec = self.spec if mode is None else self.spec.with_changes(mode=mode)
-        points = None if attach is None else [_attach_point(a) for a in attach]
+    def with_attach(self, attach) -> "Chain":
+        """The chain attached elsewhere (as ``deploy(attach=...)``)."""
+        return Chain(self.spec.with_changes(attach=tuple(self._points(attach))), self.source)
+
+    def deploy(self, attach=None, *, mode: str | None = None, progress=None, report=None) -> Deployment:
+        """Make the kernel run this chain: deploy it, change the running chain of
+        that name live, and repair what drifted (``report`` hears each repair);
+        ``attach`` is a list of "IF", "IF@NETNS", (IF, NETNS) or AttachPoint."""
         from .deploy import deploy
-        return deploy(spec, attach=points, progress=progress)
+        return deploy(self._with_mode(mode), attach=self._points(attach), progress=progress, report=report)
+
+    def plan(self, attach=None, *, mode: str | None = None):
+        """What ``deploy`` would do (a converge.Plan: ``kind``, ``lines()``); changes nothing."""
+        from .deploy import plan
+        return plan(self._with_mode(mode), attach=self._points(attach))
+
+    def _with_mode(self, mode: str | None) -> ChainSpec:
+        return self.spec if mode is None else self.spec.with_changes(mode=mode)
+
+    @staticmethod
+    def _points(attach) -> list[AttachPoint] | None:
+        return None if attach is None else [_attach_point(a) for a in attach]
 
 
 def _attach_point(value) -> AttachPoint:

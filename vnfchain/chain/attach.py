@@ -63,14 +63,22 @@ def check_free(record: Record, targets: Targets) -> None:
 
 def busy_message(point: AttachPoint, index: int) -> str:
     state = netlink.xdp_state(index, point.netns)
-    owner = ""
-    for record in readable_records():
-        if any(a.ifindex == index and a.netns == point.netns for a in record.attachments):
-            owner = f" by chain '{record.name}'; `vnfchain undeploy {record.name}` first"
     prog = f" (program id {state[0]})" if state else ""
-    fix = owner or f"; detach it first: `ip {'-n ' + point.netns + ' ' if point.netns else ''}" \
-                   f"link set dev {point.interface} xdp off`"
-    return f"interface {point} already has an XDP program{prog} attached{fix}"
+    owner, fix = owner_and_fix(point, state[0] if state else None)
+    return f"interface {point} already has an XDP program{prog} attached{f' by {owner}' if owner else ''}; {fix}"
+
+
+def owner_and_fix(point: AttachPoint, prog_id: int | None) -> tuple[str, str]:
+    """Whose program a busy hook runs ("chain 'x'", or "" when it is no chain's),
+    and how to free the hook."""
+    for record in readable_records():
+        if prog_id is not None and record.entry_prog_id == prog_id:
+            return f"chain '{record.name}'", f"`vnfchain undeploy {record.name}` first"
+    return "", f"detach it first: `ip {'-n ' + point.netns + ' ' if point.netns else ''}" \
+               f"link set dev {point.interface} xdp off`"
+
+
+Running = dict[tuple[str, str | None], tuple[int, str]]   # hook -> (fd of the chain's program there, mode)
 
 
 def swap(old: Record, spec: ChainSpec, targets: Targets, new_fd: int, say: Progress, *,
@@ -80,45 +88,63 @@ def swap(old: Record, spec: ChainSpec, targets: Targets, new_fd: int, say: Progr
     Returns the attachments that run ``new_fd`` (``replace`` False: the same
     program as before; only added and removed interfaces change)."""
     old_fd = bpfsys.obj_get(str(old.gen_dir / "entry"))
-    done: list[tuple[Attachment, str]] = []   # (attachment, "replaced" | "attached")
-    kept = {a.key: a for a in old.attachments}
     try:
-        attachments = []
-        for point, index in targets:
-            current = kept.pop((point.interface, point.netns), None)
+        kept = {a.key: a for a in old.attachments}
+        wanted = {(point.interface, point.netns) for point, _ in targets}
+        for point, _ in targets:
+            current = kept.get((point.interface, point.netns))
             if current and spec.xdp_mode not in ("auto", current.mode):
                 raise AttachError(f"{point} runs the chain in {current.mode} mode; changing "
                                   f"xdp_mode of a running chain is not live: undeploy it first")
-            if current and not replace:
-                attachments.append(current)
-            elif current:
+        running = {key: (old_fd, a.mode) for key, a in kept.items()}
+        return retarget(old, spec, targets, new_fd, running, say, keep=kept if not replace else {},
+                        detach=[(a, old_fd) for key, a in kept.items() if key not in wanted])
+    finally:
+        os.close(old_fd)
+
+
+def retarget(record: Record, spec: ChainSpec, targets: Targets, new_fd: int, running: Running,
+             say: Progress, *, keep: dict | None = None,
+             detach: list[tuple[Attachment, int]] = ()) -> tuple[Attachment, ...]:
+    """Make every target run ``new_fd``: a hook that runs one of the chain's
+    programs (``running``) is switched atomically (XDP_FLAGS_REPLACE, naming
+    that program), a free one attached; ``keep`` (hook -> Attachment): hooks
+    whose program stays; ``detach``: (attachment, the chain's program there)
+    to take off. On failure puts back what it switched, and raises."""
+    keep = keep or {}
+    done: list[tuple[Attachment, int | None]] = []   # (attachment, the program it ran before, if any)
+    try:
+        attachments = []
+        for point, index in targets:
+            key = (point.interface, point.netns)
+            if key in keep:
+                attachments.append(keep[key])
+            elif key in running:
+                fd, mode = running[key]
                 say(f"switching {point} to the new programs")
-                netlink.xdp_attach(index, new_fd, current.mode, point.netns, replace_fd=old_fd)
-                done.append((current, "replaced"))
-                attachments.append(current)
+                netlink.xdp_attach(index, new_fd, mode, point.netns, replace_fd=fd)
+                done.append((noted(point, index, mode), fd))
+                attachments.append(done[-1][0])
             else:
                 say(f"attaching to {point}")
                 # noted on disk first: if this process dies before the change is
                 # recorded, undeploy still finds (and detaches) this interface
-                old = old.replace(pending=old.pending + (noted(point, index),))
-                old.save()
-                a = noted(point, index, attach(new_fd, point, index, spec.xdp_mode))
-                done.append((a, "attached"))
-                attachments.append(a)
-        for gone in kept.values():
+                record = record.replace(pending=record.pending + (noted(point, index),))
+                record.save()
+                done.append((noted(point, index, attach(new_fd, point, index, spec.xdp_mode)), None))
+                attachments.append(done[-1][0])
+        for gone, fd in detach:
             say(f"detaching from {gone.where}")
-            netlink.xdp_detach(gone.ifindex, gone.mode, gone.netns, expected_fd=old_fd)
+            netlink.xdp_detach(gone.ifindex, gone.mode, gone.netns, expected_fd=fd)
         return tuple(attachments)
     except BaseException:
-        for a, how in reversed(done):
+        for a, before in reversed(done):
             with contextlib.suppress(Exception):
-                if how == "replaced":
-                    netlink.xdp_attach(a.ifindex, old_fd, a.mode, a.netns, replace_fd=new_fd)
+                if before is not None:
+                    netlink.xdp_attach(a.ifindex, before, a.mode, a.netns, replace_fd=new_fd)
                 else:
                     netlink.xdp_detach(a.ifindex, a.mode, a.netns, expected_fd=new_fd)
         raise
-    finally:
-        os.close(old_fd)
 
 
 def reattach(record: Record, spec: ChainSpec, targets: Targets, say: Progress) -> Record:

@@ -76,18 +76,23 @@ def change(record: Record, spec: ChainSpec, say: Progress) -> tuple[Record, str]
 def _preflight(record: Record, spec: ChainSpec, targets: attach.Targets) -> None:
     """What could fail half-way through a live change, checked before it starts:
     the functions' interfaces, and that interfaces to add are free."""
-    for f, ctx in contexts(spec):
-        f.ftype.preflight(f.params, ctx)
+    preflight_functions(spec)
     attach.check_free(record, targets)
 
 
-def _params_changed(record: Record, spec: ChainSpec) -> list:
+def preflight_functions(spec: ChainSpec) -> None:
+    """The interfaces and addresses the functions' config names are there."""
+    for f, ctx in contexts(spec):
+        f.ftype.preflight(f.params, ctx)
+
+
+def params_changed(record: Record, spec: ChainSpec) -> list:
     """The functions whose parameters differ from the running chain's."""
     old = record.spec["functions"]
     return [f for f in spec.functions if old.get(f.name) != spec_to_dict(spec)["functions"][f.name]]
 
 
-def _populate_pinned(spec: ChainSpec, edited: list, pins: dict[str, str], record: Record) -> None:
+def populate_pinned(spec: ChainSpec, edited: list, pins: dict[str, str], record: Record) -> None:
     """Write the edited functions' config into their pinned maps; if that fails
     half-way, write the running config back (best effort) before the error
     goes up, so the maps and the record keep telling the same story."""
@@ -111,7 +116,7 @@ def _same_generation(record: Record, spec: ChainSpec, unit: Unit, changed: list[
     new = record.replace(spec=spec_to_dict(spec), sections=unit.sections, maps=unit.map_pins)
     if not changed:
         # map updates only: the functions write their pinned maps, nothing compiles
-        _populate_pinned(spec, _params_changed(record, spec), unit.map_pins, record)
+        populate_pinned(spec, params_changed(record, spec), unit.map_pins, record)
         return new
     loaded = load_functions(spec, unit, changed)
     try:
@@ -139,7 +144,7 @@ def _new_generation(record: Record, spec: ChainSpec, targets: attach.Targets, sa
     built = None
     try:
         built = build_generation(spec, record.pin_dir, generation, say)
-        _carry_counters(record, spec, generation_dir(record.pin_dir, generation))
+        carry_counters(record, spec, generation_dir(record.pin_dir, generation))
         new = built.adopted_by(record, spec)
         new = new.replace(attachments=attach.swap(record, spec, targets, built.entry_fd, say), pending=())
     except BaseException:
@@ -153,7 +158,7 @@ def _new_generation(record: Record, spec: ChainSpec, targets: attach.Targets, sa
     return new
 
 
-def _carry_counters(record: Record, spec: ChainSpec, new_gen_dir: Path) -> None:
+def carry_counters(record: Record, spec: ChainSpec, new_gen_dir: Path) -> None:
     """Copy each function's counters (by name) into the new generation's state."""
     old_rows = {f.name: f.slot for f in record.functions}
     old_rows[ENTRY] = len(record.functions)

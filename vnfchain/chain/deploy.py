@@ -7,13 +7,16 @@ its module:
     build.py       render + compile + load + fill maps + pin one generation
     attach.py      XDP attach, swap and detach; whose program a busy hook runs
     change.py      live change: config (maps), code (slots), topology (generation)
+    converge.py    what drifted in the kernel since, the plan, repairs, verification
     teardown.py    undeploy, also of what a crash or an unreadable record left
     deployment.py  ``Deployment`` (stats, state, health, test runs) and ``listing``
     maps.py        the map readers function types and stats use
 
-The record is written before anything is made, so ``undeploy`` can finish a
-deploy that crashed half-way. A failed deploy rolls back everything it made and
-touches nothing it did not make.
+Deploy is declarative: deploying a file makes the kernel match it, whatever
+drifted since the last deploy (converge.py), and succeeds only when every
+attach point runs the chain. The record is written before anything is made,
+so that a deploy or an ``undeploy`` can finish one that crashed half-way. A
+failed deploy rolls back everything it made and touches nothing it did not make.
 """
 from __future__ import annotations
 
@@ -21,17 +24,16 @@ import contextlib
 import os
 import time
 
-from ..errors import DeployError, EnvironmentError_
-from . import attach
+from ..errors import DeployError, EnvironmentError_, NotDeployedError
+from . import attach, converge
 from .build import Progress, build_generation, quiet
-from .change import change
 from .deployment import Deployment, listing
-from .model import AttachPoint, ChainSpec
+from .model import AttachPoint, ChainSpec, spec_from_dict
 from .record import Record, locked, own_pin_root, pin_root
 from .render import counter_layout
 from .teardown import teardown, undeploy
 
-__all__ = ["deploy", "undeploy", "listing", "Deployment", "pin_root"]
+__all__ = ["deploy", "plan", "rollback", "plan_rollback", "undeploy", "listing", "Deployment", "pin_root"]
 
 
 def check_environment() -> None:
@@ -43,17 +45,66 @@ def check_environment() -> None:
 
 
 def deploy(spec: ChainSpec, *, attach: list[AttachPoint] | None = None,
-           progress: Progress | None = None) -> Deployment:
-    """Deploy ``spec``, or change the running chain of that name to it."""
+           progress: Progress | None = None, report: Progress | None = None) -> Deployment:
+    """Make the kernel run ``spec``: deploy it, change the running chain of that
+    name to it, and repair whatever drifted; ``report`` hears each repair as it
+    is made. Raises when, afterwards, the chain does not run as ``spec`` says."""
     check_environment()
     if attach is not None:
         spec = spec.with_changes(attach=tuple(attach))
     with locked(spec.name):
-        record = Record.read(spec.name)
-        if record is not None:
-            record, kind = change(record, spec, progress or quiet)
-            return Deployment(record, last_change=kind)
-        return Deployment(_fresh(spec, progress or quiet), last_change="new")
+        return _converge(spec, progress or quiet, report or quiet)
+
+
+def plan(spec: ChainSpec, *, attach: list[AttachPoint] | None = None) -> converge.Plan:
+    """What ``deploy`` would do; changes nothing (not even the lock file)."""
+    check_environment()
+    if attach is not None:
+        spec = spec.with_changes(attach=tuple(attach))
+    return converge.plan(spec)
+
+
+def rollback(name: str, *, progress: Progress | None = None, report: Progress | None = None) -> Deployment:
+    """Deploy the definition that ran before the running one (a live change like
+    any other), and take it out of the history: rolling back again goes further back."""
+    check_environment()
+    with locked(name):
+        record = _with_history(name)
+        return _converge(spec_from_dict(record.history[-1].spec), progress or quiet, report or quiet,
+                         history=record.history[:-1])
+
+
+def plan_rollback(name: str) -> converge.Plan:
+    """What ``rollback`` would do; changes nothing."""
+    check_environment()
+    return converge.plan(spec_from_dict(_with_history(name).history[-1].spec))
+
+
+def _with_history(name: str) -> Record:
+    record = Record.read(name)
+    if record is None:
+        raise NotDeployedError(f"chain '{name}' is not deployed; `vnfchain ls` lists the running ones")
+    if not record.history:
+        raise DeployError(f"chain '{name}' has no earlier definition to roll back to (a deploy that "
+                          f"changes the definition keeps the one before it, up to {converge.HISTORY}); "
+                          f"deploy the file you want instead")
+    return record
+
+
+def _converge(spec: ChainSpec, say: Progress, tell: Progress, history=None) -> Deployment:
+    p = converge.plan(spec)
+    if p.change != "new":
+        outcome = converge.apply(p, say, tell, history=history)
+        return Deployment(outcome.record, last_change=outcome.kind, repairs=tuple(outcome.repairs))
+    repairs = []
+    if p.record is not None:     # a deploy that stopped before it recorded its programs
+        teardown(p.record, search=True)
+        repairs = [d.done for d in p.drift]
+        for line in repairs:
+            tell(line)
+    record = converge.settle(_fresh(spec, say), spec, None, ())
+    converge.verify(record)
+    return Deployment(record, last_change="new", repairs=tuple(repairs))
 
 
 def _fresh(spec: ChainSpec, say: Progress) -> Record:
@@ -62,8 +113,9 @@ def _fresh(spec: ChainSpec, say: Progress) -> Record:
         raise DeployError(f"{pin_dir} is left over from an earlier deploy of '{spec.name}' that "
                           f"did not finish; `vnfchain undeploy {spec.name}` removes it")
     targets = attach.resolve(spec)
-    record = Record(name=spec.name, state="deploying", pin_dir=pin_dir, pid=os.getpid(), created=time.time(),
-                    mode=spec.mode, generation=1, counters=tuple(counter_layout().names))
+    now = time.time()
+    record = Record(name=spec.name, state="deploying", pin_dir=pin_dir, pid=os.getpid(), created=now,
+                    deployed=now, mode=spec.mode, generation=1, counters=tuple(counter_layout().names))
     record.save()
     built = None
     try:

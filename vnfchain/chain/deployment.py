@@ -1,12 +1,12 @@
 """``Deployment``: a chain running in the kernel, seen through its record and pins.
 
-What a user asks of a running chain lives here: stats, state, health, a test
-run, undeploy; and ``listing()``, every chain vnfchain knows of, finished,
-broken or with a record it cannot read.
+What a user asks of a running chain lives here: stats, state, health (what
+drifted since the last deploy, converge.observe), a test run, rollback,
+undeploy; and ``listing()``, every chain vnfchain knows of, finished, broken
+or with a record it cannot read.
 """
 from __future__ import annotations
 
-import contextlib
 import os
 import re
 from dataclasses import dataclass
@@ -14,9 +14,10 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from .. import bpfsys, netlink
+from .. import bpfsys
 from ..errors import DeployError, NotDeployedError, RecordError
 from ..yamlio import Locator
+from .converge import observe
 from .maps import STATE_KEY, MapReader, state_rows
 from .model import CHAIN_NAME, ChainSpec, spec_from_dict
 from .record import Record, busy, own_pin_root, pin_root, record_path, recorded_names
@@ -29,7 +30,9 @@ class Deployment:
     """A chain running in the kernel, seen through its record and pins."""
 
     record: Record
-    last_change: str = ""   # what the deploy that returned this did: new, config, code, topology
+    # what the deploy that returned this did: new, unchanged, repairs, config, code, topology
+    last_change: str = ""
+    repairs: tuple[str, ...] = ()   # and each repair it made, in words
 
     @property
     def name(self) -> str:
@@ -106,30 +109,27 @@ class Deployment:
         return [str(p) for p in self.record.pins() if not p.exists()]
 
     def health(self) -> list[str]:
-        """What is wrong with the chain, if anything; a broken one's last line is the fix."""
+        """What is wrong with the chain, if anything (what deploy would repair, in
+        the words it uses); the last line then says how to fix it."""
         r = self.record
         if r.state == "no record":
-            problems = [f"no record, only pins under {self.pin_dir}"]
-        else:
-            problems = self._unfinished() + [f"pin missing: {p}" for p in self.missing_pins()]
-        for a in r.attachments:
-            state = None
-            with contextlib.suppress(Exception):
-                state = netlink.xdp_state(a.ifindex, a.netns)
-            if not state or state[0] != r.entry_prog_id:
-                problems.append(f"{a.where} no longer runs the chain")
-        if self.condition() == "broken":
-            problems.append(f"fix: `vnfchain undeploy {self.name}` removes what it made")
+            return [f"no record, only pins under {self.pin_dir}",
+                    f"fix: `vnfchain undeploy {self.name}` removes them"]
+        if self.condition() == "deploying":
+            return ["a vnfchain is deploying, changing or undeploying it right now"]
+        problems = [d.status_line() for d in observe(r)]
+        if problems and busy():
+            problems.insert(0, "a vnfchain is deploying or changing a chain right now: what follows may be "
+                               "its work in progress")
+        if problems:
+            problems.append(f"fix: deploying the chain's file again repairs what it can (`vnfchain deploy "
+                            f"FILE`); `vnfchain undeploy {self.name}` removes what it made")
         return problems
 
-    def _unfinished(self) -> list[str]:
-        r = self.record
-        problems = []
-        if r.state != "running":
-            where = "after loading its programs" if r.built else "before it recorded its programs"
-            problems.append(f"deploy stopped {where} (state {r.state}, pid {r.pid})")
-        problems += [f"{a.where} was being attached when vnfchain stopped" for a in r.pending]
-        return problems
+    def rollback(self, progress=None, report=None) -> "Deployment":
+        """Deploy the definition that ran before this one (see deploy.rollback)."""
+        from .deploy import rollback
+        return rollback(self.name, progress=progress, report=report)
 
     def undeploy(self) -> list[str]:
         return undeploy(self.name)

@@ -2,10 +2,12 @@
 
     /sys/fs/bpf/vnfchain/<chain>/g<N>/  entry, fn_<name>, progs, state (``pin_root()``)
     /sys/fs/bpf/vnfchain/<chain>/maps/  <fn>_<map>-<fingerprint> (function state)
-    /run/vnfchain/<chain>.json          the ``Record``: attachments, pins, spec
+    /run/vnfchain/<chain>.json          the ``Record``: attachments, pins, spec, history
 
-A ``Record`` says what deploy made: pin directory, generation, programs,
-attachments (and ``pending`` ones, noted before they are made) and the spec.
+A ``Record`` says what deploy made: pin directory, generation, programs, the
+identity of every pinned map, attachments (and ``pending`` ones, noted before
+they are made), the spec and the definitions that ran before it (``history``,
+what ``rollback`` returns to).
 It is written before anything is made, so that ``undeploy`` can finish a
 deploy that died half-way. Like the lock it lives in vnfchain's private state
 directory (``vnfchain.statedir``): the spec holds the rules.
@@ -86,6 +88,38 @@ class FunctionSlot:
 
 
 @dataclass(frozen=True)
+class MapIdentity:
+    """A pinned map as the chain's programs use it: the map's id, and the layout
+    the spec rendered (a map's layout never changes, so another layout at the
+    pin is another map)."""
+
+    id: int
+    type: int
+    key_size: int
+    value_size: int
+    max_entries: int
+
+    @classmethod
+    def of(cls, info: dict[str, int]) -> "MapIdentity":
+        return cls(*(info[f.name] for f in fields(cls)))
+
+    @property
+    def layout(self) -> str:
+        return f"type {self.type}, key {self.key_size} B, value {self.value_size} B, {self.max_entries} entries"
+
+
+@dataclass(frozen=True)
+class Revision:
+    """A definition that ran before the current one, and since when it ran."""
+
+    deployed: float
+    spec: dict
+
+
+HISTORY = 5   # earlier definitions a record keeps for rollback
+
+
+@dataclass(frozen=True)
 class Record:
     """A chain as deploy made it. ``state`` is deploying or running on disk;
     a chain seen only by its pins is ``no record``, one whose record cannot be
@@ -109,6 +143,10 @@ class Record:
     maps: dict[str, str] = field(default_factory=dict)       # C map name -> pin path
     sections: dict[str, str] = field(default_factory=dict)   # section -> hash of its code
     spec: dict | None = None               # the running chain (spec_to_dict)
+    deployed: float | None = None          # when the running definition was deployed
+    history: tuple[Revision, ...] = ()     # earlier definitions, oldest first, at most HISTORY
+    map_ids: dict[str, MapIdentity] = field(default_factory=dict)   # pin path -> the map there
+    config_ifindexes: dict[str, dict[str, int]] = field(default_factory=dict)  # function -> {interface: ifindex}
 
     def replace(self, **changes) -> "Record":
         return replace(self, **changes)
@@ -122,6 +160,11 @@ class Record:
     def built(self) -> bool:
         """Its programs are pinned and recorded (a deploy may have stopped before)."""
         return self.gen_dir is not None
+
+    @property
+    def since(self) -> float | None:
+        """When the running definition was deployed (records of older versions: the first deploy)."""
+        return self.deployed or self.created
 
     def pins(self) -> list[Path]:
         """Every pin a running generation has: entry, state, function maps, and
@@ -173,6 +216,8 @@ class Record:
         for key in ("attachments", "pending"):
             values[key] = tuple(Attachment(**a) for a in data.get(key, ()))
         values["functions"] = tuple(FunctionSlot(**f) for f in data.get("functions", ()))
+        values["history"] = tuple(Revision(**r) for r in data.get("history", ()))
+        values["map_ids"] = {path: MapIdentity(**m) for path, m in data.get("map_ids", {}).items()}
         values["counters"] = tuple(data.get("counters", ()))
         values["pin_dir"] = Path(data["pin_dir"])
         if "gen_dir" in data:
@@ -183,17 +228,21 @@ class Record:
         out = {}
         for f in fields(self):
             value = getattr(self, f.name)
-            if value is None or (f.name == "pending" and not value):
+            if value is None or (f.name in _OMITTED_EMPTY and not value):
                 continue
             if isinstance(value, Path):
                 value = str(value)
             elif isinstance(value, tuple):
-                value = [asdict(v) if isinstance(v, (Attachment, FunctionSlot)) else v for v in value]
+                value = [asdict(v) if isinstance(v, (Attachment, FunctionSlot, Revision)) else v for v in value]
+            elif f.name == "map_ids":
+                value = {path: asdict(m) for path, m in value.items()}
             out[f.name] = value
         return out
 
 
 _KEYS = ("name", "state", "pin_dir", "attachments")   # what undeploy needs
+# written only when they hold something: a record of an older vnfchain saves back as it was
+_OMITTED_EMPTY = ("pending", "history", "map_ids", "config_ifindexes")
 # what a finished deploy wrote, and what `status` and `stats` read of it
 _RUNNING = ("mode", "generation", "gen_dir", "entry_prog_id", "functions", "maps", "spec", "counters")
 _MAYBE = (str, type(None))
@@ -201,7 +250,10 @@ _MAYBE = (str, type(None))
 _SHAPES = {
     "name": str, "state": str, "pin_dir": str, "gen_dir": str, "mode": str, "generation": int,
     "entry_prog_id": int, "spec": dict, "counters": (list, str), "maps": dict, "sections": dict,
-    "changes": int, "pid": int, "created": (int, float),
+    "changes": int, "pid": int, "created": (int, float), "deployed": (int, float),
+    "history": (list, {"deployed": (int, float), "spec": dict}),
+    "map_ids": (dict, {"id": int, "type": int, "key_size": int, "value_size": int, "max_entries": int}),
+    "config_ifindexes": (dict, (dict, int)),
     "attachments": (list, {"interface": str, "netns": _MAYBE, "ifindex": int, "mode": _MAYBE}),
     "pending": (list, {"interface": str, "netns": _MAYBE, "ifindex": int, "mode": _MAYBE}),
     "functions": (list, {"name": str, "type": str, "slot": int, "prog_id": (int, type(None))}),
@@ -229,6 +281,10 @@ def _misfit(where: str, value, shape) -> str | None:
         if not isinstance(value, list):
             return f"{where} is not a list"
         return next(filter(None, (_misfit(f"{where}[{i}]", v, shape[1]) for i, v in enumerate(value))), None)
+    if isinstance(shape, tuple) and shape[0] is dict:    # a mapping of names to values of one shape
+        if not isinstance(value, dict):
+            return f"{where} is not a mapping"
+        return next(filter(None, (_misfit(f"{where}[{k!r}]", v, shape[1]) for k, v in value.items())), None)
     if isinstance(shape, dict):
         if not isinstance(value, dict):
             return f"{where} is not a mapping"

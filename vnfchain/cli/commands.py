@@ -1,4 +1,5 @@
-"""Chain commands: functions, validate, render, graph, deploy, ls, status, stats, events, undeploy."""
+"""Chain commands: functions, validate, render, graph, deploy, diff, rollback, ls, status, stats, events,
+undeploy, trace."""
 from __future__ import annotations
 
 import contextlib
@@ -187,43 +188,141 @@ def _dot(chain: Chain) -> str:
 Examples:
   vnfchain deploy examples/pvp-forward.yaml
   vnfchain deploy chain.yaml --attach dut-lan@dut --attach dut-wan@dut --mode fused
+  vnfchain deploy chain.yaml --dry-run        # the plan; changes nothing
 
 \b
-The chain keeps running after this command exits (programs and maps are pinned
-under /sys/fs/bpf/vnfchain/NAME); `vnfchain undeploy NAME` removes it.
-Deploying a name that is running changes it live, without losing packets:
-config-only changes update maps, code changes swap prog-array slots, anything
-else swaps in a new generation atomically. A failed change changes nothing.""")
+Deploy makes the kernel match the file. The chain keeps running after this
+command exits (programs and maps are pinned under /sys/fs/bpf/vnfchain/NAME);
+`vnfchain undeploy NAME` removes it. Deploying a name that is running changes
+it live, without losing packets: config-only changes update maps, code changes
+swap prog-array slots, anything else swaps in a new generation atomically. It
+also repairs what drifted since (an interface recreated or detached, a pin
+removed, a slot emptied, a deploy killed half-way), one line per repair, and
+never replaces another's XDP program. Unchanged and healthy: "unchanged".
+A failed change changes nothing.
+
+\b
+Exit codes: 0 every attach point runs the chain as the file says; 1 it does
+not (the error names what is wrong) or the deploy failed; 2 the file is invalid.""")
 @click.argument("chain_file", type=click.Path(dir_okay=False))
 @click.option("--attach", "attach", multiple=True, metavar="IF[@NETNS]",
               help="Attach here instead of the chain's attach: list (repeatable).")
 @click.option("--mode", type=click.Choice(["tailcall", "fused"]), help="Override the chain's mode.")
-def deploy(chain_file, attach, mode):
-    """Deploy a chain (or change a running one live); it runs on after the command exits."""
+@click.option("--dry-run", is_flag=True,
+              help="Print the plan (repairs, maps, slots, attachments) and change nothing.")
+def deploy(chain_file, attach, mode, dry_run):
+    """Make the kernel run a chain (deploy, change live, repair); it runs on after the command exits."""
     chain = _load(chain_file, mode)
     _warn(chain)
+    points = list(attach) if attach else None
+    if dry_run:
+        _print_plan(chain.plan(attach=points))
+        return
     started = time.monotonic()
     with err.status("deploying") as status:
-        dep = chain.deploy(attach=list(attach) if attach else None,
-                           progress=lambda msg: status.update(msg))
-    where = ", ".join(f"{a.where} ({a.mode})" for a in dep.record.attachments) or "nothing (not attached)"
-    took = f"{time.monotonic() - started:.1f} s"
-    if dep.last_change == "new":
-        out.print(f"deployed chain [bold]{dep.name}[/bold] ({dep.record.mode}, "
-                  f"{len(dep.record.functions)} functions) on {where} in {took}")
-    else:
-        out.print(f"changed chain [bold]{dep.name}[/bold] live in {took}: {_CHANGES[dep.last_change]}; "
-                  f"running on {where}")
+        dep = chain.deploy(attach=points, progress=lambda msg: status.update(msg),
+                           report=lambda line: out.print(escape(line), soft_wrap=True))
+    _print_outcome(dep, started)
     from ..pitfalls import machine_pitfalls
     for pitfall in machine_pitfalls(dep.spec):
         err.print(f"warning: {pitfall}")
 
 
+def _print_outcome(dep: Deployment, started: float) -> None:
+    where = ", ".join(f"{a.where} ({a.mode})" for a in dep.record.attachments) or "nothing (not attached)"
+    took = f"{time.monotonic() - started:.1f} s"
+    if dep.last_change == "new":
+        out.print(f"deployed chain [bold]{dep.name}[/bold] ({dep.record.mode}, "
+                  f"{len(dep.record.functions)} functions) on {where} in {took}")
+    elif dep.last_change == "unchanged":
+        out.print(f"chain [bold]{dep.name}[/bold] unchanged: running on {where}")
+    elif dep.last_change == "repairs":
+        count = f"{len(dep.repairs)} repair" + ("s" if len(dep.repairs) != 1 else "")
+        out.print(f"repaired chain [bold]{dep.name}[/bold] in {took} ({count}); running on {where}")
+    else:
+        out.print(f"changed chain [bold]{dep.name}[/bold] live in {took}: {_CHANGES[dep.last_change]}; "
+                  f"running on {where}")
+
+
 _CHANGES = {
+    "new": "a new chain: compile, load, pin, attach",
+    "unchanged": "the kernel already runs this definition: nothing to do",
+    "repairs": "the definition is the running one; only what drifted is repaired",
     "config": "configuration only, maps updated in place, programs untouched",
     "code": "changed functions replaced in their prog-array slots",
     "topology": "new programs swapped in atomically (XDP_FLAGS_REPLACE), counters carried over",
 }
+
+
+def _print_plan(plan) -> None:
+    out.print(f"plan for chain [bold]{plan.spec.name}[/bold]: {plan.kind} ({_CHANGES[plan.kind]})")
+    for line in plan.lines():
+        out.print(f"  {escape(line)}", soft_wrap=True)
+    out.print("nothing was changed (dry run)")
+
+
+@cli.command(epilog="""\b
+Examples:
+  vnfchain diff pvp-edge examples/pvp-forward.yaml
+
+\b
+Both sides are the chain as vnfchain reads it (defaults filled in, keys in
+one order), so only what means something differs. The last line is the kind
+of change deploying the file would make (unchanged, repairs, config, code,
+topology), as `deploy --dry-run` shows it in full.
+
+\b
+Exit codes: 0 the diff was shown; 1 deploying the file would fail (after the
+diff, the error says why); 2 the file is invalid or defines another chain.""")
+@click.argument("name")
+@click.argument("chain_file", type=click.Path(dir_okay=False))
+@click.option("--attach", "attach", multiple=True, metavar="IF[@NETNS]",
+              help="As deploy's --attach (repeatable).")
+@click.option("--mode", type=click.Choice(["tailcall", "fused"]), help="As deploy's --mode.")
+def diff(name, chain_file, attach, mode):
+    """Show how a chain file differs from the running definition of chain NAME."""
+    import difflib
+    chain = _load(chain_file, mode)
+    if attach:
+        chain = chain.with_attach(list(attach))
+    if chain.name != name:
+        raise click.UsageError(f"{chain_file} defines chain '{chain.name}', not '{name}'")
+    dep = Deployment.get(name)
+    running = yamlio.dumps(Chain(dep.spec).to_dict()).splitlines(keepends=True)
+    wanted = yamlio.dumps(chain.to_dict()).splitlines(keepends=True)
+    lines = list(difflib.unified_diff(running, wanted, f"{name} (running since {_when(dep.record.since)})",
+                                      chain_file))
+    if lines:
+        click.echo("".join(lines), nl=False)
+    else:
+        click.echo(f"no differences: {chain_file} is the running definition of chain {name}")
+    plan = chain.plan()
+    click.echo(f"deploying it: {plan.kind} ({_CHANGES[plan.kind]})")
+
+
+@cli.command(epilog="""\b
+Each deploy that changes a chain's definition keeps the one it replaced (the
+last 5, with the time each was deployed; `vnfchain status NAME` lists them).
+Rollback deploys the newest of them as a live change, like any deploy
+(loss-free, repairs included), and takes it out of the list: rolling back
+again goes one further back. A chain with no earlier definition is an error.
+
+\b
+Exit codes: as deploy's (0 every attach point runs the chain afterwards; 1 not,
+or no earlier definition, or the change failed).""")
+@click.argument("name")
+@click.option("--dry-run", is_flag=True, help="Print the plan and change nothing.")
+def rollback(name, dry_run):
+    """Deploy the definition chain NAME ran before the running one."""
+    from ..chain import deploy as deploy_mod
+    if dry_run:
+        _print_plan(deploy_mod.plan_rollback(name))
+        return
+    started = time.monotonic()
+    with err.status("rolling back") as status:
+        dep = deploy_mod.rollback(name, progress=lambda msg: status.update(msg),
+                                  report=lambda line: out.print(escape(line), soft_wrap=True))
+    _print_outcome(dep, started)
 
 
 @cli.command("ls")
@@ -255,17 +354,22 @@ def _summary(d: Deployment | RecordError) -> dict:
             "problems": d.health()}
 
 
-@cli.command()
+@cli.command(epilog="""\b
+Health lists what no longer matches the deploy, in the words deploy uses when
+it repairs it: an interface recreated or detached, another program on it, a
+pin removed or replaced, an emptied prog-array slot, a deploy killed half-way.
+Exit codes: 0 healthy; 1 not (or no such chain).""")
 @click.argument("name")
-def status(name):
-    """Show one deployed chain: functions, slots, program ids, attachments, health."""
+@click.pass_context
+def status(ctx, name):
+    """Show one deployed chain: functions, slots, program ids, attachments, health, history."""
     d = Deployment.get(name)
     r = d.record
     if d.condition() != "running":
         out.print(f"chain [bold]{d.name}[/bold]: {d.condition()}, pins {r.pin_dir}")
         for problem in d.health():
-            out.print(f"  {escape(problem)}")
-        return
+            out.print(f"  {escape(problem)}", soft_wrap=True)
+        ctx.exit(1)
     out.print(f"chain [bold]{d.name}[/bold]: {r.state}, mode {r.mode}, generation "
               f"{r.generation}, {r.changes} live change(s), pins {r.pin_dir}")
     out.print(f"entry program id {r.entry_prog_id}")
@@ -279,12 +383,28 @@ def status(name):
     for a in r.attachments:
         out.print(f"attached: {a.where} ifindex {a.ifindex} ({a.mode})")
     problems = d.health()
-    out.print("health: ok" if not problems else "health: " + "; ".join(problems))
+    if not problems:
+        out.print("health: ok")
+    for problem in problems:
+        out.print(f"health: {escape(problem)}", soft_wrap=True)
+    out.print(f"definition: deployed {_when(r.since)}")
+    for revision in reversed(r.history):
+        functions_ = revision.spec.get("functions", {})
+        out.print(f"  earlier: deployed {_when(revision.deployed)}, {len(functions_)} function(s), "
+                  f"{revision.spec.get('mode', 'tailcall')}")
+    if r.history:
+        out.print(f"  (`vnfchain rollback {d.name}` returns to the newest earlier one)")
     for name, (columns, rows) in d.state().items():
         state_table = Table(*columns, title=f"{name}: {len(rows)} live entries", box=None)
         for row in rows:
             state_table.add_row(*row)
         out.print(state_table)
+    if problems:
+        ctx.exit(1)
+
+
+def _when(t: float | None) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t)) if t else "(unknown)"
 
 
 @cli.command()
