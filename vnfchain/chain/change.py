@@ -6,8 +6,9 @@
 - ``code``: some functions' code differs (tail-call mode): their programs are
   replaced in their prog-array slots, one atomic update each;
 - ``topology``: anything else: a new generation (prog array, entry) is built
-  beside the running one and swapped in with ``XDP_FLAGS_REPLACE``, the
-  counters carried over by name.
+  beside the running one and swapped in with ``XDP_FLAGS_REPLACE``; what the
+  old one counted is carried over by name in the record (``Record.carried``),
+  read once it runs no more.
 
 Function maps whose definition did not change are reused in every case, so
 state survives. What could fail half-way is checked first; a change that fails
@@ -25,10 +26,11 @@ from .. import bpfsys
 from ..errors import DeployError
 from . import attach
 from .build import Progress, build_generation, contexts, load_functions
-from .maps import STATE_KEY, MapReader, state_rows
+from .deployment import chain_counters
+from .maps import MapReader
 from .model import ChainSpec, spec_from_dict, spec_to_dict
 from .record import Record
-from .render import ENTRY, PRELUDE, Unit, counter_layout, generation_dir, render
+from .render import ENTRY, PRELUDE, Unit, generation_dir, render
 
 
 def plan_change(record: Record, new: Unit, spec: ChainSpec) -> tuple[str, list[str]]:
@@ -141,9 +143,9 @@ def _new_generation(record: Record, spec: ChainSpec, targets: attach.Targets, sa
     built = None
     try:
         built = build_generation(spec, record.pin_dir, generation, say)
-        _carry_counters(record, spec, generation_dir(record.pin_dir, generation))
         new = built.adopted_by(record, spec)
         new = new.replace(attachments=attach.swap(record, spec, targets, built.entry_fd, say), pending=())
+        new = new.replace(carried=_carried(record, spec))
     except BaseException:
         if built:
             built.close()
@@ -155,30 +157,16 @@ def _new_generation(record: Record, spec: ChainSpec, targets: attach.Targets, sa
     return new
 
 
-def _carry_counters(record: Record, spec: ChainSpec, new_gen_dir: Path) -> None:
-    """Copy each function's counters (by name) into the new generation's state."""
-    old_rows = {f.name: f.slot for f in record.functions}
-    old_rows[ENTRY] = len(record.functions)
-    new_rows = {f.name: i for i, f in enumerate(spec.functions)}
-    new_rows[ENTRY] = len(spec.functions)
-    width = len(record.counters)
-    with bpfsys.PinnedMap(str(record.gen_dir / "state")) as old, \
-            bpfsys.PinnedMap(str(new_gen_dir / "state")) as new:
-        per_cpu = []
-        for cpu_state in old.lookup(STATE_KEY) or []:
-            rows = state_rows(cpu_state, len(old_rows), width)
-            layout = counter_layout()   # by name: a newer vnfchain may order reasons otherwise
-            where = {counter: i for i, counter in enumerate(layout.names)}
-            carried = [[0] * layout.slots for _ in new_rows]
-            for name, row in new_rows.items():
-                if name in old_rows:
-                    for counter, value in zip(record.counters, rows[old_rows[name]]):
-                        if counter in where:
-                            carried[row][where[counter]] = value
-            body = b"".join(v.to_bytes(8, "little") for r in carried for v in r)
-            per_cpu.append(bytes(new.value_size - len(body)) + body)
-        if per_cpu:
-            new.update(STATE_KEY, b"".join(per_cpu))
+def _carried(record: Record, spec: ChainSpec) -> dict[str, dict[str, int]]:
+    """What the functions ``spec`` keeps (by name) and the entry counted up to
+    now, read from the old generation once the swap took it off every
+    interface. The new generation counts from zero in a map nothing else
+    writes: copying counts into it before the swap would miss what the old
+    one counted until the swap, and adding them after it would race the
+    packets the new one counts meanwhile."""
+    keep = {f.name for f in spec.functions} | {ENTRY}
+    return {row: {name: n for name, n in counters.items() if n}
+            for row, counters in chain_counters(record).items() if row in keep and any(counters.values())}
 
 
 def _map_files(pin_dir: Path) -> list[str]:

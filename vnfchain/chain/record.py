@@ -109,6 +109,9 @@ class Record:
     maps: dict[str, str] = field(default_factory=dict)       # C map name -> pin path
     sections: dict[str, str] = field(default_factory=dict)   # section -> hash of its code
     spec: dict | None = None               # the running chain (spec_to_dict)
+    # {function or "(entry)": {counter: n}}: what generations before the running
+    # one counted, which stats adds to the running generation's own counters
+    carried: dict[str, dict[str, int]] = field(default_factory=dict)
 
     def replace(self, **changes) -> "Record":
         return replace(self, **changes)
@@ -183,7 +186,7 @@ class Record:
         out = {}
         for f in fields(self):
             value = getattr(self, f.name)
-            if value is None or (f.name == "pending" and not value):
+            if value is None or (f.name in ("pending", "carried") and not value):
                 continue
             if isinstance(value, Path):
                 value = str(value)
@@ -205,6 +208,7 @@ _SHAPES = {
     "attachments": (list, {"interface": str, "netns": _MAYBE, "ifindex": int, "mode": _MAYBE}),
     "pending": (list, {"interface": str, "netns": _MAYBE, "ifindex": int, "mode": _MAYBE}),
     "functions": (list, {"name": str, "type": str, "slot": int, "prog_id": (int, type(None))}),
+    "carried": (dict, (dict, int)),
 }
 _NAMES = {str: "a string", int: "a number", float: "a number", dict: "a mapping", list: "a list"}
 
@@ -229,6 +233,10 @@ def _misfit(where: str, value, shape) -> str | None:
         if not isinstance(value, list):
             return f"{where} is not a list"
         return next(filter(None, (_misfit(f"{where}[{i}]", v, shape[1]) for i, v in enumerate(value))), None)
+    if isinstance(shape, tuple) and shape[0] is dict:     # a mapping whose every value has shape[1]
+        if not isinstance(value, dict):
+            return f"{where} is not a mapping"
+        return next(filter(None, (_misfit(f"{where}.{k}", v, shape[1]) for k, v in value.items())), None)
     if isinstance(shape, dict):
         if not isinstance(value, dict):
             return f"{where} is not a mapping"
