@@ -53,8 +53,10 @@ class Built:
                             for i, f in enumerate(spec.functions)))
 
 
-def build_generation(spec: ChainSpec, pin_dir: Path, generation: int, say: Progress) -> Built:
-    """Compile a whole generation, fill its maps and slots, pin its programs."""
+def build_generation(spec: ChainSpec, pin_dir: Path, generation: int, say: Progress,
+                     running: dict | None = None) -> Built:
+    """Compile a whole generation, fill its maps and slots, pin its programs
+    (``running``: the spec of the chain it replaces, see ``contexts``)."""
     gen_dir = generation_dir(pin_dir, generation)
     gen_dir.mkdir(parents=True, exist_ok=True)
     (unit,) = render(spec, str(pin_dir), generation=generation)
@@ -62,7 +64,7 @@ def build_generation(spec: ChainSpec, pin_dir: Path, generation: int, say: Progr
     loaded = compile_unit(unit, label=f"chain '{spec.name}'")
     try:
         programs = {fname: loaded.programs[cname] for cname, fname in unit.programs}
-        populate(spec, loaded)
+        populate(spec, loaded, running)
         prog_ids = {}
         if spec.mode == "tailcall":
             slots = loaded.bpf[b"vc_progs"]
@@ -79,26 +81,31 @@ def build_generation(spec: ChainSpec, pin_dir: Path, generation: int, say: Progr
         raise
 
 
-def load_functions(spec: ChainSpec, unit: Unit, names: list[str]) -> LoadedUnit:
+def load_functions(spec: ChainSpec, unit: Unit, names: list[str], running: dict | None = None) -> LoadedUnit:
     """Load ``unit`` with only the programs of the functions ``names`` (none: the
     maps alone) and fill every function's maps; the caller closes it."""
     loaded = compile_unit(unit, label=f"chain '{spec.name}'", load=[f"vc_fn_{n}" for n in names])
     try:
-        populate(spec, loaded)
+        populate(spec, loaded, running)
     except BaseException:
         loaded.close()
         raise
     return loaded
 
 
-def contexts(spec: ChainSpec):
-    """(function, its RenderContext) for every function of ``spec``."""
+def contexts(spec: ChainSpec, running: dict | None = None):
+    """(function, its RenderContext) for every function of ``spec``;
+    ``running``: the spec of the chain being changed (as the record holds it),
+    whose definition of a function of the same name and type its context gets."""
     netns = spec.attach[0].netns if spec.attach else None
+    before = (running or {}).get("functions", {})
     for f in spec.functions:
+        was = before.get(f.name)
         yield f, context_for(spec, f, resolve_ifindex=lambda ifname: netlink.ifindex(ifname, netns),
-                             resolve_ipv4=lambda ifname: netlink.ipv4_addresses(ifname, netns))
+                             resolve_ipv4=lambda ifname: netlink.ipv4_addresses(ifname, netns),
+                             running=was if was and was.get("type") == f.type else None)
 
 
-def populate(spec: ChainSpec, loaded: LoadedUnit) -> None:
-    for f, ctx in contexts(spec):
+def populate(spec: ChainSpec, loaded: LoadedUnit, running: dict | None = None) -> None:
+    for f, ctx in contexts(spec, running):
         f.ftype.populate(FunctionTables(loaded.bpf, loaded.unit.map_pins, f.name), f.params, ctx)

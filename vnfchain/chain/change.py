@@ -93,7 +93,7 @@ def _populate_pinned(spec: ChainSpec, edited: list, pins: dict[str, str], record
     """Write the edited functions' config into their pinned maps; if that fails
     half-way, write the running config back (best effort) before the error
     goes up, so the maps and the record keep telling the same story."""
-    ctx_of = {f.name: ctx for f, ctx in contexts(spec)}
+    ctx_of = {f.name: ctx for f, ctx in contexts(spec, record.spec)}
     try:
         for f in edited:
             f.ftype.populate(MapReader(pins, f.name), f.params, ctx_of[f.name])
@@ -117,7 +117,7 @@ def _same_generation(record: Record, spec: ChainSpec, unit: Unit, changed: list[
             # map updates only: the functions write their pinned maps without BCC
             _populate_pinned(spec, edited, unit.map_pins, record)
             return new
-    loaded = load_functions(spec, unit, changed)
+    loaded = load_functions(spec, unit, changed, running=record.spec)
     try:
         slots = loaded.bpf[b"vc_progs"] if changed else None
         functions = []
@@ -142,7 +142,7 @@ def _new_generation(record: Record, spec: ChainSpec, targets: attach.Targets, sa
     generation = record.generation + 1
     built = None
     try:
-        built = build_generation(spec, record.pin_dir, generation, say)
+        built = build_generation(spec, record.pin_dir, generation, say, running=record.spec)
         new = built.adopted_by(record, spec)
         new = new.replace(attachments=attach.swap(record, spec, targets, built.entry_fd, say), pending=())
         new = new.replace(carried=_carried(record, spec))

@@ -321,6 +321,7 @@ class RulesetWriter:
     def write(self) -> None:
         cfg_table = self.t["cfg"]
         cfg = cfg_table[cfg_table.Key(0)]
+        running_default = cfg.v[cfg.active & 1].default_verdict if cfg.initialized else None
         self.ifindexes = {name: self.ctx.resolve_ifindex(name) if self.ctx.resolve_ifindex else None
                           for name in sorted({r.iif for r in self.params.rules if r.iif})}
         digest = self._digest()
@@ -341,7 +342,7 @@ class RulesetWriter:
         cfg.active = new
         cfg.initialized = 1
         cfg_table[cfg_table.Key(0)] = cfg        # the switch
-        self._zero_hits()
+        self._restart_hits(running_default)
 
     def _digest(self) -> int:
         """Of everything the maps hold: the rules, but also the chain-wide label
@@ -401,7 +402,22 @@ class RulesetWriter:
                 if key.version == v:
                     del table[key]
 
-    def _zero_hits(self) -> None:
-        n = self.words * 64 + 1
-        write_array(self.t["hits"], 0, [bytes(8 * bpfsys.possible_cpus())] * n)
+    def _restart_hits(self, running_default: int | None) -> None:
+        """Zero the hit counters of the rules this ruleset changed: a new,
+        edited or moved rule (its count was another rule's), the slots past
+        the last rule, the default if its verdict changed. A rule that stays
+        as it was, where it was, keeps counting: its slot is not written."""
+        before = (self.ctx.running or {}).get("rules")
+        now = [r.model_dump(mode="json", exclude_defaults=True, exclude_none=True) for r in self.params.rules]
+        kept = {i for i, rule in enumerate(now) if before and i < len(before) and before[i] == rule}
+        if running_default == VERDICT[self.params.default]:
+            kept.add(self.words * 64)
+        slots, zero = self.words * 64 + 1, bytes(8 * bpfsys.possible_cpus())
+        i = 0
+        while i < slots:                  # each run of slots to zero in one write
+            end = i
+            while end < slots and end not in kept:
+                end += 1
+            write_array(self.t["hits"], i, [zero] * (end - i))
+            i = end + 1
 
