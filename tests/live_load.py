@@ -23,8 +23,10 @@ from dataclasses import dataclass, replace
 
 import yaml
 
-from vnfchain import Chain, bpfsys, netlink
-from vnfchain.chain.deploy import Deployment
+from tests.chain_fixtures import chain_name
+from tests.load_traffic import LoadRun
+from vnfchain import Chain, NotDeployedError, bpfsys, netlink
+from vnfchain.chain.deploy import Deployment, undeploy
 
 VIP, SERVER, SERVER2, NAT_ADDR = "198.18.0.100", "198.18.2.2", "198.18.2.3", "198.18.2.1"
 UDP_PORT, ECHO = 9000, 7
@@ -42,7 +44,8 @@ class Knobs:
     idle_timeout: int = 300             # load balancer
     tcp_established: int = 3600         # nat
     # topology: a new generation
-    tap: bool = False                   # a counter between the firewall and the dpi
+    tap: dict | None = None             # a function between the firewall and the dpi ({type: counter})
+    tap_name: str = "tap"
     mode: str = "tailcall"
 
 
@@ -55,13 +58,13 @@ def turned(knobs: Knobs, kind: str, n: int) -> Knobs:
     if kind == "code":
         return [replace(knobs, max_scan=512 if knobs.max_scan == 256 else 256),
                 replace(knobs, idle_timeout=300 + n), replace(knobs, tcp_established=3600 + n)][n % 3]
-    return [replace(knobs, tap=True), replace(knobs, tap=False), replace(knobs, mode="fused"),
+    return [replace(knobs, tap={"type": "counter"}), replace(knobs, tap=None), replace(knobs, mode="fused"),
             replace(knobs, mode="tailcall")][n % 4]
 
 
 def chain_spec(name: str, netns: str, k: Knobs) -> dict:
     functions = {
-        "fw": {"type": "firewall", "default": "drop", "next": "tap" if k.tap else "dpi", "rules": [
+        "fw": {"type": "firewall", "default": "drop", "next": k.tap_name if k.tap else "dpi", "rules": [
             {"action": "allow", "proto": "udp", "dport": UDP_PORT},
             {"action": "drop", "proto": "tcp", "dport": k.blocked_port},
             {"action": "allow", "src": "198.18.1.0/24"},
@@ -76,17 +79,42 @@ def chain_spec(name: str, netns: str, k: Knobs) -> dict:
         "out": {"type": "forward"},
     }
     if k.tap:
-        functions["tap"] = {"type": "counter", "next": "dpi"}
+        functions[k.tap_name] = dict(k.tap, next="dpi")
     return {"name": name, "mode": k.mode, "functions": functions,
             "attach": [{"interface": "dut-lan", "netns": netns}, {"interface": "dut-wan", "netns": netns}]}
 
 
+def chain_yaml(name: str, netns: str, knobs: Knobs) -> str:
+    return yaml.safe_dump(chain_spec(name, netns, knobs))
+
+
 def deploy(name: str, netns: str, knobs: Knobs) -> tuple[Deployment, float]:
     """Deploy (or change live to) ``knobs``; the deployment and the wall time the deploy took."""
-    chain = Chain.from_yaml_text(yaml.safe_dump(chain_spec(name, netns, knobs)))
+    chain = Chain.from_yaml_text(chain_yaml(name, netns, knobs))
     started = time.monotonic()
     dep = chain.deploy()
     return dep, time.monotonic() - started
+
+
+@contextlib.contextmanager
+def chain_under_load(bed, tag: str, knobs: Knobs, *, rate: float, held: int, before_load=None):
+    """The chain deployed on ``bed`` with its UDP stream (client -> server:9000)
+    and ``held`` echoing connections through the NAT and as many through the
+    load balancer; yields (deployment, LoadRun, what ``before_load(dep)``
+    returned, read before the load started). Undeployed after, whatever happened."""
+    name = chain_name(tag)
+    try:
+        dep, _ = deploy(name, bed.netns("dut"), knobs)
+        warm_up(bed)
+        before = before_load(dep) if before_load else None
+        with LoadRun(bed) as load:
+            load.udp("client", "server", SERVER, UDP_PORT, rate)
+            ready = load.tcp("client", [(SERVER, ECHO, held), (VIP, ECHO, held)])
+            assert ready["connected"] == 2 * held, ready["failed"]
+            yield dep, load, before
+    finally:
+        with contextlib.suppress(NotDeployedError):
+            undeploy(name)
 
 
 def warm_up(tb) -> None:

@@ -11,19 +11,16 @@ echoing; no counter ever goes back across a change; and at the end the chain
 counted exactly the frames the wire delivered and the datagrams sent."""
 from __future__ import annotations
 
-import contextlib
 import statistics
 from dataclasses import dataclass, field
 
 import pytest
 
-from tests.chain_fixtures import chain_name
-from tests.live_load import (ECHO, SERVER, UDP_PORT, UDP_RULE, VIP, Knobs, deploy, disagreement, retransmitted,
-                             turned, warm_up, went_back, wire_frames)
+from tests.live_load import (UDP_RULE, Knobs, chain_under_load, deploy, disagreement, retransmitted, turned,
+                             went_back, wire_frames)
 from tests.load_traffic import LoadRun
 from tests.testbed_fixtures import module_bed
-from vnfchain import NotDeployedError
-from vnfchain.chain.deploy import Deployment, undeploy
+from vnfchain.chain.deploy import Deployment
 
 pytestmark = [pytest.mark.root, pytest.mark.netns]
 
@@ -75,20 +72,12 @@ def quiet_counts(tb, dep) -> tuple[dict, int]:
 
 @pytest.fixture(scope="module")
 def running(bed):
-    name = chain_name("load")
-    try:
-        dep, _ = deploy(name, bed.netns("dut"), Knobs())
-        warm_up(bed)
-        stats, wire = quiet_counts(bed, dep)
-        with LoadRun(bed) as load:
-            load.udp("client", "server", SERVER, UDP_PORT, RATE)
-            ready = load.tcp("client", [(SERVER, ECHO, HELD), (VIP, ECHO, HELD)])
-            assert ready["connected"] == 2 * HELD, ready["failed"]
-            resent = {host: retransmitted(bed, host) for host in HOSTS}
-            yield Running(bed, load, dep, Knobs(), stats, wire, resent)
-    finally:
-        with contextlib.suppress(NotDeployedError):
-            undeploy(name)
+    def counts(dep):
+        return quiet_counts(bed, dep), {host: retransmitted(bed, host) for host in HOSTS}
+
+    with chain_under_load(bed, "load", Knobs(), rate=RATE, held=HELD, before_load=counts) as (dep, load, before):
+        (stats, wire), resent = before
+        yield Running(bed, load, dep, Knobs(), stats, wire, resent)
 
 
 def nothing_lost(running: Running) -> None:

@@ -9,12 +9,14 @@ them is the same (see render.py). Nothing here attaches or records anything.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 from .. import bpfsys, netlink
+from ..errors import DeployError
 from .compile import LoadedUnit, compile_unit
 from .maps import FunctionTables
 from .model import ChainSpec, spec_to_dict
@@ -108,4 +110,15 @@ def contexts(spec: ChainSpec, running: dict | None = None):
 
 def populate(spec: ChainSpec, loaded: LoadedUnit, running: dict | None = None) -> None:
     for f, ctx in contexts(spec, running):
-        f.ftype.populate(FunctionTables(loaded.bpf, loaded.unit.map_pins, f.name), f.params, ctx)
+        fill(spec, f, FunctionTables(loaded.bpf, loaded.unit.map_pins, f.name), ctx)
+
+
+def fill(spec: ChainSpec, f, tables, ctx) -> None:
+    """``f``'s config into its maps; a map that refuses it (full, most often)
+    is said in words rather than as the syscall's OSError."""
+    try:
+        f.ftype.populate(tables, f.params, ctx)
+    except OSError as exc:
+        full = " (the map is full)" if exc.errno in (errno.E2BIG, errno.ENOSPC) else ""
+        raise DeployError(f"function '{f.name}' of chain '{spec.name}' cannot hold its config: "
+                          f"{exc.strerror}{full}; give it fewer entries") from None

@@ -25,7 +25,7 @@ from pathlib import Path
 from .. import bpfsys
 from ..errors import DeployError
 from . import attach
-from .build import Progress, build_generation, contexts, load_functions
+from .build import Progress, build_generation, contexts, fill, load_functions
 from .deployment import chain_counters
 from .maps import MapReader
 from .model import ChainSpec, spec_from_dict, spec_to_dict
@@ -96,7 +96,7 @@ def _populate_pinned(spec: ChainSpec, edited: list, pins: dict[str, str], record
     ctx_of = {f.name: ctx for f, ctx in contexts(spec, record.spec)}
     try:
         for f in edited:
-            f.ftype.populate(MapReader(pins, f.name), f.params, ctx_of[f.name])
+            fill(spec, f, MapReader(pins, f.name), ctx_of[f.name])
     except BaseException:
         running = spec_from_dict(record.spec)
         old = {f.name: (f, ctx) for f, ctx in contexts(running)}
@@ -138,8 +138,12 @@ def _same_generation(record: Record, spec: ChainSpec, unit: Unit, changed: list[
 
 
 def _new_generation(record: Record, spec: ChainSpec, targets: attach.Targets, say: Progress) -> Record:
-    """Build generation N+1 beside N, carry counters over, swap XDP atomically."""
-    generation = record.generation + 1
+    """Build a generation beside the running one, swap XDP atomically, carry counters over."""
+    # numbered past every generation pinned: one that a killed change left may
+    # still run on an interface, and building into its directory would unpin
+    # (and so empty) its prog array under the packets
+    generation = max([record.generation] + [int(d.name[1:]) for d in record.pin_dir.glob("g*")
+                                            if d.name[1:].isdigit()]) + 1
     built = None
     try:
         built = build_generation(spec, record.pin_dir, generation, say, running=record.spec)
