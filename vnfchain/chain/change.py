@@ -26,8 +26,7 @@ from .. import bpfsys
 from ..errors import DeployError
 from . import attach
 from .build import Progress, build_generation, contexts, fill, load_functions
-from .deployment import chain_counters
-from .maps import MapReader
+from .maps import MapReader, chain_counters
 from .model import ChainSpec, spec_from_dict, spec_to_dict
 from .record import Record
 from .render import ENTRY, PRELUDE, Unit, generation_dir, render

@@ -17,7 +17,7 @@ from typing import Any
 from .. import bpfsys, netlink
 from ..errors import DeployError, NotDeployedError, RecordError
 from ..yamlio import Locator
-from .maps import STATE_KEY, MapReader, state_rows
+from .maps import MapReader, chain_counters
 from .model import CHAIN_NAME, ChainSpec, spec_from_dict
 from .record import Record, busy, own_pin_root, pin_root, record_path, recorded_names
 from .render import ENTRY
@@ -151,27 +151,6 @@ class Deployment:
         for f in self.spec.functions:
             out[f.name].update(f.ftype.read_counters(MapReader(self.record.maps, f.name), f.params))
         return out
-
-
-def chain_counters(record: Record) -> dict[str, dict[str, int]]:
-    """The chain counters (rx, verdicts, drop reasons) of each function and
-    of the entry: its row of the running generation's state map summed over
-    CPUs, plus what the generations before it counted (``record.carried``)."""
-    names = record.counters
-    nrows = len(record.functions) + 1
-    totals = [[0] * len(names) for _ in range(nrows)]
-    with bpfsys.PinnedMap(str(record.gen_dir / "state")) as state:
-        for cpu_state in state.lookup(STATE_KEY) or []:
-            for r, row in enumerate(state_rows(cpu_state, nrows, len(names))):
-                totals[r] = [a + b for a, b in zip(totals[r], row)]
-    out = {ENTRY: dict(zip(names, totals[-1]))}
-    for f in record.functions:
-        out[f.name] = dict(zip(names, totals[f.slot]))
-    for row, counters in record.carried.items():
-        for name, n in counters.items():
-            if row in out:
-                out[row][name] = out[row].get(name, 0) + n
-    return out
 
 
 def listing() -> list["Deployment | RecordError"]:
