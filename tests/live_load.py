@@ -51,10 +51,10 @@ class Knobs:
 
 def turned(knobs: Knobs, kind: str, n: int) -> Knobs:
     """The ``n``-th change of ``kind``: each cycles through its knobs, so that
-    every function type takes its turn."""
+    every function type takes its turn; each differs from the one before."""
     if kind == "config":
         return [replace(knobs, blocked_port=10 + n), replace(knobs, signature=f"/etc/secret{n}"),
-                replace(knobs, weight=1 + n % 3)][n % 3]
+                replace(knobs, weight=1 + (n // 3 + 1) % 3)][n % 3]
     if kind == "code":
         return [replace(knobs, max_scan=512 if knobs.max_scan == 256 else 256),
                 replace(knobs, idle_timeout=300 + n), replace(knobs, tcp_established=3600 + n)][n % 3]

@@ -119,6 +119,9 @@ def fill(spec: ChainSpec, f, tables, ctx) -> None:
     try:
         f.ftype.populate(tables, f.params, ctx)
     except OSError as exc:
-        full = " (the map is full)" if exc.errno in (errno.E2BIG, errno.ENOSPC) else ""
-        raise DeployError(f"function '{f.name}' of chain '{spec.name}' cannot hold its config: "
-                          f"{exc.strerror}{full}; give it fewer entries") from None
+        where = f"function '{f.name}' of chain '{spec.name}'"
+        if exc.errno in (errno.E2BIG, errno.ENOSPC):
+            raise DeployError(f"{where} cannot hold its config: {exc.strerror} (the map is full); "
+                              f"give it fewer entries") from None
+        raise DeployError(f"{where} could not write its config into its maps: {exc.strerror}; "
+                          f"deploy again once that is fixed") from None
