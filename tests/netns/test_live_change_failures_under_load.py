@@ -251,6 +251,7 @@ Chain.from_yaml_text(sys.argv[1]).deploy()
 # to the kernel (the "declarative deploy" work), which shows a stale
 # generation, switches the interfaces that run it and removes its pins
 STALE = pytest.mark.xfail(strict=True, reason="a generation a killed change left is not repaired yet")
+UNSEEN = pytest.mark.xfail(strict=True, reason="status does not see a slot a killed change switched")
 
 
 def flip_tap(k: Knobs) -> Knobs:
@@ -263,7 +264,7 @@ KILLS = [
     pytest.param("config-written", lambda k: replace(k, signature="/etc/killed"), id="config-written"),
     pytest.param("config-switched", lambda k: replace(k, signature="/etc/killed-too"), id="config-switched"),
     pytest.param("code-swapped", lambda k: replace(k, idle_timeout=k.idle_timeout + 1), id="code-swapped",
-                 marks=STALE),
+                 marks=UNSEEN),
     pytest.param("topology-built", flip_tap, id="topology-built", marks=STALE),
     pytest.param("topology-saved", flip_tap, id="topology-saved", marks=STALE),
     pytest.param("topology-half", flip_tap, id="topology-half", marks=STALE),
