@@ -20,7 +20,6 @@ from ..yamlio import Locator
 from .maps import MapReader, chain_counters
 from .model import CHAIN_NAME, ChainSpec, spec_from_dict
 from .record import Record, busy, own_pin_root, pin_root, record_path, recorded_names
-from .render import ENTRY
 from .teardown import undeploy
 
 
