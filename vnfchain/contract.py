@@ -70,6 +70,9 @@ class RenderContext:
     netns: str | None = None          # netns of the chain's first attach point
     resolve_ifindex: Any = None       # callable(ifname) -> int, available at deploy time
     resolve_ipv4: Any = None          # callable(ifname) -> [addresses], available at deploy time
+    # on a live change, how the running chain defines this function (the
+    # record's spec_to_dict form; same name and type), else None
+    running: dict | None = None
 
 
 class FunctionType:

@@ -189,3 +189,31 @@ def test_live_rule_change_takes_effect_on_the_next_packet(deployed):
         assert dep.stats()["fw"]["rule0_hits"] == 1   # hits count the running ruleset
     finally:
         deploy_mod.undeploy(name)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_a_rule_change_restarts_only_the_hit_counters_of_the_rules_it_changed(deployed, mode):
+    name = chain_name(f"fwhits{mode[0]}")
+    dns, ssh, web = "{action: allow, proto: udp, dport: 53}", "{action: drop, proto: tcp, dport: 22}", \
+        "{action: allow, proto: tcp}"
+
+    def change(*rules, default="drop"):
+        text = (f"name: {name}\nmode: {mode}\nfunctions:\n  fw:\n    type: firewall\n    default: {default}\n"
+                "    rules:\n" + "".join(f"      - {r}\n" for r in rules))
+        dep = Chain.from_yaml_text(text).deploy(attach=[])
+        return dep, {k: v for k, v in dep.stats()["fw"].items() if k.endswith("_hits")}
+
+    dep, _ = change(dns, ssh, web)
+    try:
+        for packet, times in ((eth(IP(src=C, dst=S) / UDP(dport=53)), 3), (tcp(C, S, 1234, 22, "S"), 2),
+                              (tcp(C, S, 1234, 80, "S"), 1), (eth(IP(src=C, dst=S) / ICMP()), 4)):
+            for _ in range(times):
+                dep.run(packet)
+        _, hits = change(dns, ssh.replace("22", "2222"), web)           # rule 1 edited
+        assert hits == {"rule0_hits": 3, "rule2_hits": 1, "default_hits": 4}
+        _, hits = change(dns, ssh, web, default="allow")                # rule 1 again, and the default
+        assert hits == {"rule0_hits": 3, "rule2_hits": 1}
+        _, hits = change("{action: drop, proto: icmp}", dns, ssh, web, default="allow")   # all moved
+        assert hits == {}
+    finally:
+        deploy_mod.undeploy(name)

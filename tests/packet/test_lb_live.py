@@ -9,7 +9,7 @@ import pytest
 import yaml
 from scapy.layers.inet import IP, TCP
 
-from vnfchain import Chain
+from vnfchain import Chain, DeployError
 from vnfchain.chain.deploy import Deployment
 from vnfchain.chain import deploy as deploy_mod
 from tests.chain_fixtures import MODES, chain_name, delta, not_compiling
@@ -132,7 +132,7 @@ def test_a_change_that_fails_half_way_is_rolled_back(lb, monkeypatch):
             raise OSError(12, "simulated: cannot allocate memory")
         real(table, start, values)
     monkeypatch.setattr(loadbalancer, "write_array", failing)
-    with pytest.raises(OSError, match="simulated"):
+    with pytest.raises(DeployError, match="could not write its config into its maps: simulated"):
         lb([{"ip": B1}, {"ip": B2, "drain": True}], more=[dict(other, backends=[{"ip": B2}])])
     monkeypatch.setattr(loadbalancer, "write_array", real)
     dep = Deployment.get(dep.name)

@@ -6,8 +6,9 @@
 - ``code``: some functions' code differs (tail-call mode): their programs are
   replaced in their prog-array slots, one atomic update each;
 - ``topology``: anything else: a new generation (prog array, entry) is built
-  beside the running one and swapped in with ``XDP_FLAGS_REPLACE``, the
-  counters carried over by name.
+  beside the running one and swapped in with ``XDP_FLAGS_REPLACE``; what the
+  old one counted is carried over by name in the record (``Record.carried``),
+  read once it runs no more.
 
 Function maps whose definition did not change are reused in every case, so
 state survives. What could fail half-way is checked first; a change that fails
@@ -24,11 +25,11 @@ from pathlib import Path
 from .. import bpfsys
 from ..errors import DeployError
 from . import attach
-from .build import Progress, build_generation, contexts, load_functions
-from .maps import STATE_KEY, MapReader, state_rows
+from .build import Progress, build_generation, contexts, fill, load_functions
+from .maps import MapReader, chain_counters
 from .model import ChainSpec, spec_from_dict, spec_to_dict
 from .record import Record
-from .render import ENTRY, PRELUDE, Unit, counter_layout, generation_dir, render
+from .render import ENTRY, PRELUDE, Unit, generation_dir, render
 
 
 def plan_change(record: Record, new: Unit, spec: ChainSpec) -> tuple[str, list[str]]:
@@ -65,9 +66,9 @@ def change(record: Record, spec: ChainSpec, say: Progress) -> tuple[Record, str]
             new = _same_generation(record, spec, unit, changed, say)
             new = attach.reattach(new, spec, targets, say)
     except BaseException:
-        _forget_maps(set(_map_files(record.pin_dir)) - old_maps)
+        forget_maps(set(map_files(record.pin_dir)) - old_maps)
         raise
-    _forget_maps(set(_map_files(record.pin_dir)) - set(new.maps.values()))
+    forget_maps(set(map_files(record.pin_dir)) - set(new.maps.values()))
     new = new.replace(changes=new.changes + 1)
     new.save()
     return new, kind
@@ -96,10 +97,10 @@ def populate_pinned(spec: ChainSpec, edited: list, pins: dict[str, str], record:
     """Write the edited functions' config into their pinned maps; if that fails
     half-way, write the running config back (best effort) before the error
     goes up, so the maps and the record keep telling the same story."""
-    ctx_of = {f.name: ctx for f, ctx in contexts(spec)}
+    ctx_of = {f.name: ctx for f, ctx in contexts(spec, record.spec)}
     try:
         for f in edited:
-            f.ftype.populate(MapReader(pins, f.name), f.params, ctx_of[f.name])
+            fill(spec, f, MapReader(pins, f.name), ctx_of[f.name])
     except BaseException:
         running = spec_from_dict(record.spec)
         old = {f.name: (f, ctx) for f, ctx in contexts(running)}
@@ -118,7 +119,7 @@ def _same_generation(record: Record, spec: ChainSpec, unit: Unit, changed: list[
         # map updates only: the functions write their pinned maps, nothing compiles
         populate_pinned(spec, params_changed(record, spec), unit.map_pins, record)
         return new
-    loaded = load_functions(spec, unit, changed)
+    loaded = load_functions(spec, unit, changed, running=record.spec)
     try:
         slots = loaded.bpf[b"vc_progs"] if changed else None
         functions = []
@@ -139,14 +140,18 @@ def _same_generation(record: Record, spec: ChainSpec, unit: Unit, changed: list[
 
 
 def _new_generation(record: Record, spec: ChainSpec, targets: attach.Targets, say: Progress) -> Record:
-    """Build generation N+1 beside N, carry counters over, swap XDP atomically."""
-    generation = record.generation + 1
+    """Build a generation beside the running one, swap XDP atomically, carry counters over."""
+    # numbered past every generation pinned: one that a killed change left may
+    # still run on an interface, and building into its directory would unpin
+    # (and so empty) its prog array under the packets
+    generation = max([record.generation] + [int(d.name[1:]) for d in record.pin_dir.glob("g*")
+                                            if d.name[1:].isdigit()]) + 1
     built = None
     try:
-        built = build_generation(spec, record.pin_dir, generation, say)
-        carry_counters(record, spec, generation_dir(record.pin_dir, generation))
+        built = build_generation(spec, record.pin_dir, generation, say, running=record.spec)
         new = built.adopted_by(record, spec)
         new = new.replace(attachments=attach.swap(record, spec, targets, built.entry_fd, say), pending=())
+        new = new.replace(carried=carried_counts(record, spec))
     except BaseException:
         if built:
             built.close()
@@ -158,38 +163,24 @@ def _new_generation(record: Record, spec: ChainSpec, targets: attach.Targets, sa
     return new
 
 
-def carry_counters(record: Record, spec: ChainSpec, new_gen_dir: Path) -> None:
-    """Copy each function's counters (by name) into the new generation's state."""
-    old_rows = {f.name: f.slot for f in record.functions}
-    old_rows[ENTRY] = len(record.functions)
-    new_rows = {f.name: i for i, f in enumerate(spec.functions)}
-    new_rows[ENTRY] = len(spec.functions)
-    width = len(record.counters)
-    with bpfsys.PinnedMap(str(record.gen_dir / "state")) as old, \
-            bpfsys.PinnedMap(str(new_gen_dir / "state")) as new:
-        per_cpu = []
-        for cpu_state in old.lookup(STATE_KEY) or []:
-            rows = state_rows(cpu_state, len(old_rows), width)
-            layout = counter_layout()   # by name: a newer vnfchain may order reasons otherwise
-            where = {counter: i for i, counter in enumerate(layout.names)}
-            carried = [[0] * layout.slots for _ in new_rows]
-            for name, row in new_rows.items():
-                if name in old_rows:
-                    for counter, value in zip(record.counters, rows[old_rows[name]]):
-                        if counter in where:
-                            carried[row][where[counter]] = value
-            body = b"".join(v.to_bytes(8, "little") for r in carried for v in r)
-            per_cpu.append(bytes(new.value_size - len(body)) + body)
-        if per_cpu:
-            new.update(STATE_KEY, b"".join(per_cpu))
+def carried_counts(record: Record, spec: ChainSpec) -> dict[str, dict[str, int]]:
+    """What the functions ``spec`` keeps (by name) and the entry counted up to
+    now, read from the old generation once the swap took it off every
+    interface. The new generation counts from zero in a map nothing else
+    writes: copying counts into it before the swap would miss what the old
+    one counted until the swap, and adding them after it would race the
+    packets the new one counts meanwhile."""
+    keep = {f.name for f in spec.functions} | {ENTRY}
+    return {row: {name: n for name, n in counters.items() if n}
+            for row, counters in chain_counters(record).items() if row in keep and any(counters.values())}
 
 
-def _map_files(pin_dir: Path) -> list[str]:
+def map_files(pin_dir: Path) -> list[str]:
     maps = pin_dir / "maps"
     return [str(p) for p in maps.iterdir()] if maps.is_dir() else []
 
 
-def _forget_maps(paths) -> None:
+def forget_maps(paths) -> None:
     """Unpin maps nothing uses any more (their programs hold them until replaced)."""
     for path in paths:
         with contextlib.suppress(FileNotFoundError):

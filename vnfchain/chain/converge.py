@@ -38,7 +38,8 @@ from ..errors import AttachError, DeployError
 from ..names import InterfaceName
 from . import attach
 from .build import Progress, build_generation
-from .change import carry_counters, change, params_changed, plan_change, populate_pinned, preflight_functions
+from .change import (carried_counts, change, forget_maps, map_files, params_changed, plan_change,
+                     populate_pinned, preflight_functions)
 from .model import AttachPoint, ChainSpec, spec_from_dict, spec_to_dict
 from .record import HISTORY, Attachment, MapIdentity, Record, Revision, pin_root
 from .render import Unit, generation_dir, render
@@ -553,6 +554,8 @@ def apply(p: Plan, say: Progress, tell: Progress, *, history: tuple[Revision, ..
         if p.change:
             record, _kind = change(record, p.spec, say)
     record = settle(record, p.spec, p.record if p.redefines else None, history)
+    # map pins the record does not name are what a killed change or a rebuild left
+    forget_maps(set(map_files(record.pin_dir)) - set(record.maps.values()))
     verify(record)
     return Outcome(record, p.kind, done)
 
@@ -749,10 +752,10 @@ def _rebuild(p: Plan, say: Progress, did) -> Record:
             if a.key not in wanted and hook.program and hook.program[0] in ours:
                 detach.append((Attachment(a.interface, a.netns, hook.ifindex, hook.program[1]),
                                _opened(opened, hook.program[0])))
-        built = build_generation(spec, record.pin_dir, generation, say)
-        if (record.gen_dir / "state").exists():
-            carry_counters(record, spec, generation_dir(record.pin_dir, generation))
+        built = build_generation(spec, record.pin_dir, generation, say, running=record.spec)
         attachments = attach.retarget(record, spec, p.targets, built.entry_fd, running, say, detach=detach)
+        # what the old generation counted, read once it is off every hook (if its state still lives)
+        carried = carried_counts(record, spec) if (record.gen_dir / "state").exists() else record.carried
     except BaseException:
         if built:
             built.close()
@@ -761,7 +764,8 @@ def _rebuild(p: Plan, say: Progress, did) -> Record:
     finally:
         for fd in opened:
             os.close(fd)
-    new = built.adopted_by(record, spec).replace(attachments=attachments, pending=(), state="running")
+    new = built.adopted_by(record, spec).replace(attachments=attachments, pending=(), state="running",
+                                                 carried=carried)
     built.close()
     new.save()
     for d in _generation_dirs(record):

@@ -18,10 +18,9 @@ from .. import bpfsys
 from ..errors import DeployError, NotDeployedError, RecordError
 from ..yamlio import Locator
 from .converge import observe
-from .maps import STATE_KEY, MapReader, state_rows
+from .maps import MapReader, chain_counters
 from .model import CHAIN_NAME, ChainSpec, spec_from_dict
 from .record import Record, busy, own_pin_root, pin_root, record_path, recorded_names
-from .render import ENTRY
 from .teardown import undeploy
 
 
@@ -147,16 +146,7 @@ class Deployment:
     def stats(self) -> dict[str, dict[str, Any]]:
         """Counters per function (and '(entry)'), summed over CPUs."""
         self._require_pins()
-        names = self.record.counters
-        nrows = len(self.record.functions) + 1
-        totals = [[0] * len(names) for _ in range(nrows)]
-        with bpfsys.PinnedMap(str(self.gen_dir / "state")) as state:
-            for cpu_state in state.lookup(STATE_KEY) or []:
-                for r, row in enumerate(state_rows(cpu_state, nrows, len(names))):
-                    totals[r] = [a + b for a, b in zip(totals[r], row)]
-        out: dict[str, dict[str, Any]] = {ENTRY: dict(zip(names, totals[-1]))}
-        for f in self.record.functions:
-            out[f.name] = dict(zip(names, totals[f.slot]))
+        out: dict[str, dict[str, Any]] = chain_counters(self.record)
         for f in self.spec.functions:
             out[f.name].update(f.ftype.read_counters(MapReader(self.record.maps, f.name), f.params))
         return out

@@ -147,6 +147,9 @@ class Record:
     history: tuple[Revision, ...] = ()     # earlier definitions, oldest first, at most HISTORY
     map_ids: dict[str, MapIdentity] = field(default_factory=dict)   # pin path -> the map there
     config_ifindexes: dict[str, dict[str, int]] = field(default_factory=dict)  # function -> {interface: ifindex}
+    # {function or "(entry)": {counter: n}}: what generations before the running
+    # one counted, which stats adds to the running generation's own counters
+    carried: dict[str, dict[str, int]] = field(default_factory=dict)
 
     def replace(self, **changes) -> "Record":
         return replace(self, **changes)
@@ -242,7 +245,7 @@ class Record:
 
 _KEYS = ("name", "state", "pin_dir", "attachments")   # what undeploy needs
 # written only when they hold something: a record of an older vnfchain saves back as it was
-_OMITTED_EMPTY = ("pending", "history", "map_ids", "config_ifindexes")
+_OMITTED_EMPTY = ("pending", "history", "map_ids", "config_ifindexes", "carried")
 # what a finished deploy wrote, and what `status` and `stats` read of it
 _RUNNING = ("mode", "generation", "gen_dir", "entry_prog_id", "functions", "maps", "spec", "counters")
 _MAYBE = (str, type(None))
@@ -257,6 +260,7 @@ _SHAPES = {
     "attachments": (list, {"interface": str, "netns": _MAYBE, "ifindex": int, "mode": _MAYBE}),
     "pending": (list, {"interface": str, "netns": _MAYBE, "ifindex": int, "mode": _MAYBE}),
     "functions": (list, {"name": str, "type": str, "slot": int, "prog_id": (int, type(None))}),
+    "carried": (dict, (dict, int)),
 }
 _NAMES = {str: "a string", int: "a number", float: "a number", dict: "a mapping", list: "a list"}
 

@@ -447,6 +447,7 @@ class RulesetWriter:
     def _write(self) -> None:
         cfg_map = self.t["cfg"]
         cfg = CFG.unpack(cfg_map.lookup(U32.pack(0))[0])
+        running_default = cfg["v"][cfg["active"] & 1]["default_verdict"] if cfg["initialized"] else None
         cfg["v"] = list(cfg["v"])
         # the timeouts first, whether the ruleset changed or not: no version holds them
         cfg["timeouts"] = {name: seconds * NS for name, seconds in self.params.timeouts.model_dump().items()}
@@ -468,7 +469,7 @@ class RulesetWriter:
         cfg_map.update(U32.pack(0), CFG.pack(cfg))        # the idle version is complete
         cfg.update(active=new, initialized=1)
         cfg_map.update(U32.pack(0), CFG.pack(cfg))        # the switch
-        self._zero_hits()
+        self._restart_hits(running_default)
 
     def _digest(self) -> int:
         """Of everything the maps hold: the rules, but also the chain-wide label
@@ -524,6 +525,22 @@ class RulesetWriter:
                 if key_layout.unpack(key)["version"] == v:
                     del table[key]
 
-    def _zero_hits(self) -> None:
-        n = self.words * 64 + 1
-        write_array(self.t["hits"], 0, [pack_percpu(U64, [0] * bpfsys.possible_cpus())] * n)
+    def _restart_hits(self, running_default: int | None) -> None:
+        """Zero the hit counters of the rules this ruleset changed: a new,
+        edited or moved rule (its count was another rule's), the slots past
+        the last rule, the default if its verdict changed. A rule that stays
+        as it was, where it was, keeps counting: its slot is not written."""
+        before = (self.ctx.running or {}).get("rules")
+        now = [r.model_dump(mode="json", exclude_defaults=True, exclude_none=True) for r in self.params.rules]
+        kept = {i for i, rule in enumerate(now) if before and i < len(before) and before[i] == rule}
+        if running_default == VERDICT[self.params.default]:
+            kept.add(self.words * 64)
+        slots, zero = self.words * 64 + 1, pack_percpu(U64, [0] * bpfsys.possible_cpus())
+        i = 0
+        while i < slots:                  # each run of slots to zero in one write
+            end = i
+            while end < slots and end not in kept:
+                end += 1
+            write_array(self.t["hits"], i, [zero] * (end - i))
+            i = end + 1
+
